@@ -1,0 +1,98 @@
+"""The relevance math against a literal, per-sample transcription of design.md."""
+import pytest
+import torch
+
+from vit_explain.math import (attention_rollout, discard_lowest, fuse_heads, gradient_rollout,
+                              readout_rows, scale_to_max, tokens_to_grid)
+
+
+def literal_rollout(attention, head_fusion, ratio, grad=None):
+    """One sample, full N x N products, exactly as written in design.md."""
+    n = attention.shape[-1]
+    result = torch.eye(n, dtype=torch.float64)
+    for layer, a in enumerate(attention):
+        a = a.double() if grad is None else (a * grad[layer]).double()
+        fused = {"mean": a.mean(0), "max": a.max(0)[0], "min": a.min(0)[0]}[head_fusion]
+        if grad is not None:
+            fused = fused.clamp(min=0)
+        flat = fused.flatten().clone()
+        order = flat.argsort()[: int(n * n * ratio)]
+        order = order[order != 0]
+        flat[order] = 0
+        m = (flat.view(n, n) + torch.eye(n, dtype=torch.float64)) / 2
+        m = m / m.sum(-1, keepdim=True)
+        result = m @ result
+    return result
+
+
+def random_attention(batch=3, layers=4, heads=3, n=17, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(layers, batch, heads, n, n, generator=g) * 3
+    return list(logits.softmax(-1)), list(torch.randn(layers, batch, heads, n, n, generator=g))
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+@pytest.mark.parametrize("ratio", [0.0, 0.5, 0.9])
+def test_rollout_equals_literal_product(fusion, ratio):
+    attentions, _ = random_attention()
+    readout = readout_rows(3, 17, 1, "token")
+    rows = attention_rollout(attentions, readout, fusion, ratio)
+    for b in range(3):
+        expected = literal_rollout(torch.stack([a[b] for a in attentions]), fusion, ratio)[0]
+        torch.testing.assert_close(rows[b, 0].double(), expected, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_gradient_rollout_equals_literal_product(fusion):
+    attentions, grads = random_attention(seed=1)
+    rows = gradient_rollout(attentions, grads, readout_rows(3, 17, 1, "token"), fusion, 0.9)
+    for b in range(3):
+        expected = literal_rollout(torch.stack([a[b] for a in attentions]), fusion, 0.9,
+                                   grad=torch.stack([g[b] for g in grads]))[0]
+        torch.testing.assert_close(rows[b, 0].double(), expected, atol=1e-6, rtol=0)
+
+
+def test_average_pooling_reads_the_mean_of_the_patch_rows():
+    attentions, _ = random_attention()
+    full = literal_rollout(torch.stack([a[0] for a in attentions]), "mean", 0.0)
+    rows = attention_rollout(attentions, readout_rows(3, 17, 1, "avg"), "mean", 0.0)
+    torch.testing.assert_close(rows[0, 0].double(), full[1:].mean(0), atol=1e-6, rtol=0)
+
+
+def test_discard_is_per_sample_and_keeps_the_class_token():
+    fused = torch.rand(2, 5, 5)
+    fused[0, 0, 0] = -1  # the smallest entry of sample 0, yet protected
+    out = discard_lowest(fused, 0.8)
+    assert out[0, 0, 0] == -1
+    assert [(out[b] != 0).sum().item() for b in range(2)] == [6, 5]
+    torch.testing.assert_close(out[1], discard_lowest(fused[1:], 0.8)[0])
+
+
+@pytest.mark.parametrize("fusion", ["mean", "max", "min"])
+def test_extreme_discard_gives_finite_maps(fusion):
+    attentions, grads = random_attention(n=10)
+    readout = readout_rows(3, 10, 1, "token")
+    for rows in [attention_rollout(attentions, readout, fusion, 0.99),
+                 gradient_rollout(attentions, grads, readout, fusion, 0.99)]:
+        maps = scale_to_max(tokens_to_grid(rows[:, 0], 1, (3, 3)))
+        assert torch.isfinite(maps).all()
+
+
+def test_all_zero_map_stays_zero_and_others_peak_at_one():
+    maps = torch.stack([torch.zeros(2, 3), torch.arange(6.0).view(2, 3)])
+    scaled = scale_to_max(maps)
+    assert torch.equal(scaled[0], torch.zeros(2, 3))
+    assert scaled[1].max() == 1 and scaled[1, 0, 1] == pytest.approx(0.2)
+
+
+def test_tokens_to_grid_drops_prefix_and_keeps_non_square_order():
+    relevance = torch.arange(2 + 6.0).view(1, 8)
+    grid = tokens_to_grid(relevance, 2, (2, 3))
+    assert grid.tolist() == [[[2, 3, 4], [5, 6, 7]]]
+    with pytest.raises(ValueError, match="do not fill a 3x3 grid"):
+        tokens_to_grid(relevance, 2, (3, 3))
+
+
+def test_fuse_heads_rejects_unknown_fusion():
+    with pytest.raises(ValueError, match="mean, max, min"):
+        fuse_heads(torch.rand(1, 2, 3, 3), "median")

@@ -1,0 +1,49 @@
+"""Per-block operations on attention maps: head fusion and discarding weak entries."""
+import torch
+
+HEAD_FUSIONS = ("mean", "max", "min")
+
+
+def check_head_fusion(head_fusion: str) -> None:
+    if head_fusion not in HEAD_FUSIONS:
+        raise ValueError(
+            f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}; got {head_fusion!r}"
+        )
+
+
+def check_discard_ratio(discard_ratio: float) -> None:
+    if not 0.0 <= float(discard_ratio) < 1.0:
+        raise ValueError(f"discard_ratio must be in [0, 1); got {discard_ratio!r}")
+
+
+def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
+    """(B, H, N, N) -> (B, N, N) by mean, max or min over the heads."""
+    check_head_fusion(head_fusion)
+    if head_fusion == "mean":
+        return attention.mean(dim=1)
+    if head_fusion == "max":
+        return attention.amax(dim=1)
+    return attention.amin(dim=1)
+
+
+def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:
+    """Zero the int(N*N*discard_ratio) smallest entries of every sample's (N, N) map.
+
+    With protect_first the flat index 0 (the class token's attention to itself) is kept
+    even when it is among the smallest, as the original rollout did.
+    """
+    batch, n, _ = fused.shape
+    count = int(n * n * discard_ratio)
+    if count == 0:
+        return fused
+    flat = fused.reshape(batch, n * n)
+    _, lowest = flat.topk(count, dim=-1, largest=False)
+    keep = torch.ones_like(flat, dtype=torch.bool).scatter_(1, lowest, False)
+    if protect_first:
+        keep[:, 0] = True
+    return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)
+
+
+def presoftmax_gradient(attention: torch.Tensor, grad_attention: torch.Tensor) -> torch.Tensor:
+    """dL/d(scores) from A = softmax(scores) and dL/dA (the softmax backward)."""
+    return attention * (grad_attention - (attention * grad_attention).sum(dim=-1, keepdim=True))

@@ -1,0 +1,7 @@
+"""The methods room: public explainer classes joining recording and math, and architecture adapters."""
+from .base import AttentionExplainer, Explanation
+from .layout import TokenLayout, token_layout
+from .rollout import VITAttentionGradRollout, VITAttentionRollout
+
+__all__ = ["AttentionExplainer", "Explanation", "TokenLayout", "VITAttentionGradRollout",
+           "VITAttentionRollout", "token_layout"]

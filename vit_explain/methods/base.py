@@ -1,0 +1,91 @@
+"""What every attention explainer shares: validation, recording, layout, mask shaping."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..math import check_discard_ratio, check_head_fusion, scale_to_max, tokens_to_grid
+from ..recording import AttentionRecorder, find_attention_modules, resolve_targets
+from .layout import TokenLayout, check_input, token_layout
+
+COMPAT_MODES = (None, "vit-explain")
+
+
+@dataclass
+class Explanation:
+    """Tensors for people who want them.
+
+    masks:   (B, gh, gw) float32, each map scaled so its maximum is 1 (an all-zero map stays 0)
+    logits:  (B, num_classes) the model's output for the input
+    targets: (B,) long, the class each mask explains (the predicted class where none was given)
+    """
+    masks: torch.Tensor
+    logits: torch.Tensor
+    targets: torch.Tensor
+
+
+class AttentionExplainer:
+    """Base class: subclasses define `needs_gradients` and `relevance`."""
+
+    needs_gradients = False
+
+    def __init__(self, model: nn.Module, attention_layer_name: str = "attn_drop",
+                 head_fusion: str = "mean", discard_ratio: float = 0.9, compat: str | None = None):
+        check_head_fusion(head_fusion)
+        check_discard_ratio(discard_ratio)
+        if compat not in COMPAT_MODES:
+            raise ValueError(f"compat must be None or 'vit-explain'; got {compat!r}")
+        find_attention_modules(model, attention_layer_name)  # fail at construction, not at the first call
+        self.model = model
+        self.attention_layer_name = attention_layer_name
+        self.head_fusion = head_fusion
+        self.discard_ratio = float(discard_ratio)
+        self.compat = compat
+
+    def relevance(self, attentions, gradients, layout: TokenLayout) -> torch.Tensor:
+        """(B, N) relevance of every input token for the explained output."""
+        raise NotImplementedError
+
+    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+        check_input(self.model, input_tensor)
+        param = next(self.model.parameters(), None)
+        x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
+        with AttentionRecorder(self.model, self.attention_layer_name, gradients=self.needs_gradients) as rec:
+            logits = rec.forward(x)
+            targets = resolve_targets(logits, category_index)
+            gradients = None
+            if self.needs_gradients:
+                gradients = [g.detach() for g in rec.attention_gradients(logits, targets)]
+            attentions = [a.detach() for a in rec.attentions]
+        check_attention_shapes(self.model, attentions, x.shape[0])
+        layout = token_layout(self.model, tuple(x.shape[-2:]), attentions[0].shape[-1])
+        if self.compat:
+            layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
+        with torch.no_grad():
+            relevance = self.relevance(attentions, gradients, layout)
+            masks = scale_to_max(tokens_to_grid(relevance, layout.num_prefix, layout.grid).float())
+        return Explanation(masks, logits.detach(), targets)
+
+    def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
+        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
+        masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
+        return masks[0] if masks.shape[0] == 1 else masks
+
+
+def check_attention_shapes(model: nn.Module, attentions, batch: int) -> None:
+    for index, attention in enumerate(attentions):
+        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2] or attention.shape[0] != batch:
+            raise ValueError(
+                f"attention of block {index} of {type(model).__name__} has shape {tuple(attention.shape)}; "
+                f"rollout needs (B={batch}, heads, N, N) in every block (windowed attention such as "
+                "Swin's has no rollout)"
+            )
+    sizes = {a.shape[-1] for a in attentions}
+    if len(sizes) > 1:
+        raise ValueError(
+            f"the blocks of {type(model).__name__} attend over different token counts {sorted(sizes)}; "
+            "rollout needs the same tokens in every block"
+        )

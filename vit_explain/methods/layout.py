@@ -1,0 +1,85 @@
+"""Architecture adapter: where the patches are in the token sequence and how they form a grid."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    num_prefix: int            # class / distillation / register tokens before the patches
+    pooling: str               # "token": the classifier reads token 0; "avg": the mean of the patches
+    grid: tuple[int, int]      # (gh, gw) patch grid
+
+
+def _pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def num_prefix_tokens(model: nn.Module) -> int:
+    count = getattr(model, "num_prefix_tokens", None)
+    if count is None:
+        count = 1 if getattr(model, "cls_token", None) is not None else 0
+    return int(count)
+
+
+def pooling_of(model: nn.Module) -> str:
+    pooled = getattr(model, "global_pool", "token")
+    return "token" if pooled == "token" and num_prefix_tokens(model) > 0 else "avg"
+
+
+def patch_grid(model: nn.Module, image_hw: tuple[int, int], num_patches: int) -> tuple[int, int]:
+    embed = getattr(model, "patch_embed", None)
+    candidates = []
+    if embed is not None:
+        if getattr(embed, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
+            candidates.append(tuple(embed.dynamic_feat_size(tuple(image_hw))))
+        if getattr(embed, "grid_size", None) is not None:
+            candidates.append(_pair(embed.grid_size))
+        if getattr(embed, "patch_size", None) is not None:
+            ph, pw = _pair(embed.patch_size)
+            candidates.append((image_hw[0] // ph, image_hw[1] // pw))
+    side = math.isqrt(num_patches)
+    candidates.append((side, side))
+    for gh, gw in candidates:
+        if gh * gw == num_patches:
+            return int(gh), int(gw)
+    raise ValueError(
+        f"cannot arrange {num_patches} patch tokens of {type(model).__name__} into a grid "
+        f"for a {image_hw[0]}x{image_hw[1]} input"
+    )
+
+
+def token_layout(model: nn.Module, image_hw: tuple[int, int], num_tokens: int) -> TokenLayout:
+    prefix = num_prefix_tokens(model)
+    return TokenLayout(prefix, pooling_of(model), patch_grid(model, image_hw, num_tokens - prefix))
+
+
+def check_input(model: nn.Module, input_tensor) -> None:
+    """ValueError stating the expected and the given shape when the model cannot take the input."""
+    embed = getattr(model, "patch_embed", None)
+    proj = getattr(embed, "proj", None)
+    channels = getattr(proj, "in_channels", 3)
+    dynamic = bool(getattr(embed, "dynamic_img_size", False))
+    strict = embed is not None and getattr(embed, "strict_img_size", False) and not dynamic
+    img_size = _pair(embed.img_size) if strict and getattr(embed, "img_size", None) else None
+    patch = _pair(getattr(embed, "patch_size", 1) or 1)
+    if img_size:
+        expected = f"(B, {channels}, {img_size[0]}, {img_size[1]})"
+    else:
+        expected = f"(B, {channels}, H, W) with H >= {patch[0]} and W >= {patch[1]}"
+    if not torch.is_tensor(input_tensor):
+        raise ValueError(f"expected an input tensor of shape {expected}, got {type(input_tensor).__name__}")
+    shape = tuple(input_tensor.shape)
+    ok = input_tensor.ndim == 4 and shape[1] == channels and shape[0] > 0
+    if ok and img_size:
+        ok = shape[2:] == img_size
+    elif ok:
+        ok = shape[2] >= patch[0] and shape[3] >= patch[1]
+    if not ok:
+        raise ValueError(f"expected an input tensor of shape {expected}, got {shape}")
+    if not input_tensor.is_floating_point():
+        raise ValueError(f"expected a floating-point input tensor, got dtype {input_tensor.dtype}")

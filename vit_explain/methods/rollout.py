@@ -1,0 +1,54 @@
+"""The seed API: attention rollout and gradient attention rollout."""
+from __future__ import annotations
+
+from ..math import (attention_rollout, compat_attention_rollout, compat_gradient_rollout,
+                    gradient_rollout, readout_rows)
+from .base import AttentionExplainer
+from .layout import TokenLayout
+
+
+def _readout(attentions, layout: TokenLayout):
+    batch, _, n, _ = attentions[0].shape
+    return readout_rows(batch, n, layout.num_prefix, layout.pooling,
+                        dtype=attentions[0].dtype, device=attentions[0].device)
+
+
+class VITAttentionRollout(AttentionExplainer):
+    """Attention rollout (Abnar & Zuidema, 2020): where the classifier's token drew its information from.
+
+    `VITAttentionRollout(model, head_fusion="max", discard_ratio=0.9)(input_tensor)` returns a
+    float32 numpy mask over the patch grid, (gh, gw) for one image or (B, gh, gw) for a batch.
+    `compat="vit-explain"` reproduces the original 2020 implementation's output exactly.
+    """
+
+    def relevance(self, attentions, gradients, layout):
+        if self.compat:
+            return compat_attention_rollout(attentions, self.head_fusion, self.discard_ratio)
+        rows = attention_rollout(attentions, _readout(attentions, layout), self.head_fusion, self.discard_ratio)
+        return rows[:, 0]
+
+    def __call__(self, input_tensor, category_index=None):
+        # Rollout is class-agnostic; category_index is accepted for a uniform interface.
+        return super().__call__(input_tensor, category_index)
+
+
+class VITAttentionGradRollout(AttentionExplainer):
+    """Gradient attention rollout: each block's attention weighted by dL/dA of the chosen class's logit.
+
+    `__call__(input_tensor, category_index=None)`: an int, or one per sample; None explains each
+    sample's predicted class. `compat="vit-explain"` reproduces the original, bugs included (it
+    paired block i with block L-1-i's gradient of the pre-softmax scores and ignored head_fusion).
+    """
+
+    needs_gradients = True
+
+    def __init__(self, model, attention_layer_name="attn_drop", discard_ratio=0.9,
+                 head_fusion="mean", compat=None):
+        super().__init__(model, attention_layer_name, head_fusion, discard_ratio, compat)
+
+    def relevance(self, attentions, gradients, layout):
+        if self.compat:
+            return compat_gradient_rollout(attentions, gradients, self.discard_ratio)
+        rows = gradient_rollout(attentions, gradients, _readout(attentions, layout),
+                                self.head_fusion, self.discard_ratio)
+        return rows[:, 0]
