@@ -1,6 +1,12 @@
 """vit-explain: where did the Vision Transformer look?"""
-from .methods import Explanation, VITAttentionGradRollout, VITAttentionRollout
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = ["Explanation", "VITAttentionGradRollout", "VITAttentionRollout", "__version__"]
+
+
+def __getattr__(name: str):
+    # Lazy: `vit-explain --help` and usage errors answer without importing torch.
+    if name in __all__:
+        from . import methods
+        return getattr(methods, name)
+    raise AttributeError(f"module 'vit_explain' has no attribute {name!r}")

@@ -8,6 +8,9 @@ import torch
 from torch import nn
 
 
+MAX_PREFIX_TOKENS = 32  # class + distillation + registers; more would be a misread grid
+
+
 @dataclass(frozen=True)
 class TokenLayout:
     num_prefix: int            # class / distillation / register tokens before the patches
@@ -31,7 +34,8 @@ def pooling_of(model: nn.Module) -> str:
     return "token" if pooled == "token" and num_prefix_tokens(model) > 0 else "avg"
 
 
-def patch_grid(model: nn.Module, image_hw: tuple[int, int], num_patches: int) -> tuple[int, int]:
+def grid_candidates(model: nn.Module, image_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """Patch grids the model's patch embedding could produce for this input, most specific first."""
     embed = getattr(model, "patch_embed", None)
     candidates = []
     if embed is not None:
@@ -42,20 +46,29 @@ def patch_grid(model: nn.Module, image_hw: tuple[int, int], num_patches: int) ->
         if getattr(embed, "patch_size", None) is not None:
             ph, pw = _pair(embed.patch_size)
             candidates.append((image_hw[0] // ph, image_hw[1] // pw))
-    side = math.isqrt(num_patches)
-    candidates.append((side, side))
-    for gh, gw in candidates:
-        if gh * gw == num_patches:
-            return int(gh), int(gw)
-    raise ValueError(
-        f"cannot arrange {num_patches} patch tokens of {type(model).__name__} into a grid "
-        f"for a {image_hw[0]}x{image_hw[1]} input"
-    )
+    return [(int(gh), int(gw)) for gh, gw in candidates]
 
 
 def token_layout(model: nn.Module, image_hw: tuple[int, int], num_tokens: int) -> TokenLayout:
-    prefix = num_prefix_tokens(model)
-    return TokenLayout(prefix, pooling_of(model), patch_grid(model, image_hw, num_tokens - prefix))
+    """Prefix count, pooling and grid for a sequence of num_tokens tokens.
+
+    The declared num_prefix_tokens is trusted when a grid fits the rest; otherwise the prefix
+    is whatever the patch grid leaves over (torch hub's distilled DeiT declares 1 but has 2).
+    """
+    declared = num_prefix_tokens(model)
+    candidates = grid_candidates(model, image_hw)
+    side = math.isqrt(max(num_tokens - declared, 0))
+    for gh, gw in candidates + [(side, side)]:
+        if gh * gw == num_tokens - declared:
+            return TokenLayout(declared, pooling_of(model), (gh, gw))
+    for gh, gw in candidates:
+        if 0 <= num_tokens - gh * gw <= MAX_PREFIX_TOKENS:
+            prefix = num_tokens - gh * gw
+            return TokenLayout(prefix, pooling_of(model) if prefix else "avg", (gh, gw))
+    raise ValueError(
+        f"cannot arrange {num_tokens} tokens of {type(model).__name__} ({declared} prefix tokens) "
+        f"into a patch grid for a {image_hw[0]}x{image_hw[1]} input"
+    )
 
 
 def check_input(model: nn.Module, input_tensor) -> None:

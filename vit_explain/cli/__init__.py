@@ -1,0 +1,1 @@
+"""The vit-explain command line."""

@@ -1,0 +1,205 @@
+"""One run of `vit-explain`: images in, overlays, masks and a manifest out."""
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import timm
+import torch
+import tqdm
+
+from .._version import __version__
+from ..io.images import ImageError, find_inputs
+from ..io.labels import class_names
+from ..io.models import ModelLoadError, load_model
+from ..io.outputs import (Manifest, OutputError, check_output_dir, output_stems, output_suffix,
+                          write_npy, write_png)
+from ..io.overlay import compat_overlay, overlay
+from ..io.preprocess import Preprocessor
+from ..methods import VITAttentionGradRollout, VITAttentionRollout
+from .dataset import image_batches
+from .errors import (EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE,
+                     CommandError)
+
+METHODS = {"rollout": VITAttentionRollout, "grad-rollout": VITAttentionGradRollout}
+
+
+@dataclass
+class Options:
+    image_path: Path
+    method: str
+    model: str
+    hub: str | None
+    checkpoint: str | None
+    device: str
+    head_fusion: str
+    discard_ratio: float
+    category_index: int | None
+    batch_size: int
+    workers: int | None
+    output_dir: Path
+    topk: int
+    compat: str | None
+    colormap: str
+    alpha: float
+    overwrite: bool
+    quiet: bool
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CommandError("--device cuda was asked for, but CUDA is not available here", EXIT_USAGE)
+    return torch.device(name)
+
+
+def build_explainer(options: Options, model):
+    try:
+        return METHODS[options.method](model, head_fusion=options.head_fusion,
+                                       discard_ratio=options.discard_ratio, compat=options.compat)
+    except ValueError as error:
+        raise CommandError(str(error), EXIT_MODEL) from None
+
+
+def top_classes(logits: torch.Tensor, names: list[str], k: int) -> list[dict]:
+    probabilities = logits.float().softmax(-1)
+    values, indices = probabilities.topk(min(k, probabilities.shape[-1]))
+    return [{"index": int(i), "label": names[int(i)], "probability": round(float(p), 6)}
+            for p, i in zip(values, indices)]
+
+
+class Run:
+    def __init__(self, options: Options):
+        self.options = options
+        try:
+            self.images, self.misnamed = find_inputs(options.image_path)
+        except ImageError as error:
+            raise CommandError(str(error), EXIT_INPUT) from None
+        try:
+            check_output_dir(options.output_dir, options.image_path)
+        except OutputError as error:
+            raise CommandError(str(error), EXIT_OUTPUT) from None
+        device = resolve_device(options.device)
+        try:
+            self.model = load_model(options.model, options.hub, options.checkpoint, device)
+        except ModelLoadError as error:
+            raise CommandError(str(error), EXIT_MODEL) from None
+        self.num_classes = getattr(self.model, "num_classes", None)
+        if options.category_index is not None and self.num_classes and not (
+                0 <= options.category_index < self.num_classes):
+            raise CommandError(f"--category_index {options.category_index} is out of range: "
+                               f"{options.model} has {self.num_classes} classes (0..{self.num_classes - 1})",
+                               EXIT_USAGE)
+        self.explainer = build_explainer(options, self.model)
+        self.preprocess = Preprocessor(self.model, compat=bool(options.compat))
+        self.names = class_names(self.model, self.num_classes or 0) if self.num_classes else []
+        root = options.image_path if options.image_path.is_dir() else options.image_path.parent
+        self.stems = output_stems(self.images, root, options.output_dir)
+        self.manifest = Manifest(options.output_dir, {
+            "vit_explain": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "model": options.model, "hub": options.hub, "checkpoint": options.checkpoint,
+        })
+        self.explained = self.failed = self.skipped = 0
+
+    def outputs_for(self, path: Path, category: int | None) -> dict[str, Path]:
+        o = self.options
+        suffix = output_suffix(o.method, o.discard_ratio, o.head_fusion, category)
+        stem = self.stems[path]
+        return {"overlay": stem.with_name(f"{stem.name}_{suffix}.png"),
+                "mask": stem.with_name(f"{stem.name}_{suffix}.npy")}
+
+    def already_done(self, path: Path) -> bool:
+        """Outputs exist from an earlier run (named with the class asked for, if any)."""
+        if self.options.overwrite:
+            return False
+        category = self.options.category_index
+        if category is None and self.options.method != "rollout":
+            entry = self.manifest.get(str(path))  # the predicted class is in the earlier manifest
+            category = (entry or {}).get("explained_class", {}).get("index")
+            if category is None:
+                return False
+        return all(p.exists() for p in self.outputs_for(path, category).values())
+
+    def report(self, message: str) -> None:
+        tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
+
+    def fail(self, path: Path, message: str) -> None:
+        self.failed += 1
+        self.report(message)
+        self.manifest.add({"input": str(path), "status": "failed", "error": message})
+
+    def execute(self) -> int:
+        o = self.options
+        for path in self.misnamed:
+            self.fail(path, f"{path} is named like an image but is not one PIL can read")
+        pending = [p for p in self.images if not self.already_done(p)]
+        self.skipped = len(self.images) - len(pending)
+        workers = o.workers if o.workers is not None else (0 if len(pending) <= o.batch_size
+                                                           else min(4, os.cpu_count() or 1))
+        progress = tqdm.tqdm(total=len(pending), unit="img", disable=o.quiet or not pending,
+                             desc="explaining", file=sys.stderr)
+        try:
+            for batch in image_batches(pending, self.preprocess, o.batch_size, workers):
+                good = []
+                for item in batch:
+                    if item["error"]:
+                        self.fail(item["path"], item["error"])
+                    else:
+                        good.append(item)
+                if good:
+                    self.explain_batch(good)
+                progress.update(len(batch))
+        finally:
+            progress.close()
+            self.manifest.save()
+        summary = f"{self.explained} explained, {self.failed} failed"
+        if self.skipped:
+            summary += f" ({self.skipped} skipped: outputs exist; --overwrite redoes them)"
+        print(summary, file=sys.stderr)
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def explain_batch(self, items: list[dict]) -> None:
+        o = self.options
+        try:
+            x = torch.stack([item["tensor"] for item in items])
+            result = self.explainer.explain(x, o.category_index)
+        except (ValueError, RuntimeError) as error:
+            for item in items:
+                self.fail(item["path"], f"{item['path']}: cannot explain: {error}")
+            return
+        masks = result.masks.cpu().numpy()
+        for index, item in enumerate(items):
+            self.write_outputs(item, masks[index], result.logits[index].cpu(), int(result.targets[index]))
+
+    def write_outputs(self, item: dict, mask: np.ndarray, logits: torch.Tensor, target: int) -> None:
+        o = self.options
+        path, image = item["path"], item["image"]
+        category = o.category_index if o.method == "rollout" else target
+        outputs = self.outputs_for(path, None if o.method == "rollout" else category)
+        try:
+            if o.compat:
+                picture = compat_overlay(np.ascontiguousarray(image[:, :, ::-1]), mask)
+            else:
+                box = self.preprocess.visible_box(image.shape[1], image.shape[0])
+                picture = overlay(image, mask, box, o.colormap, o.alpha)
+            write_png(outputs["overlay"], picture)
+            write_npy(outputs["mask"], mask)
+        except OSError as error:
+            self.fail(path, f"{path}: cannot write outputs: {error}")
+            return
+        self.explained += 1
+        self.manifest.add({
+            "input": str(path), "status": "explained",
+            "outputs": {kind: str(p) for kind, p in outputs.items()},
+            "method": o.method,
+            "parameters": {"head_fusion": o.head_fusion, "discard_ratio": o.discard_ratio,
+                           "category_index": o.category_index, "compat": o.compat},
+            "image_size": [int(image.shape[1]), int(image.shape[0])],
+            "mask_grid": list(mask.shape),
+            "topk": top_classes(logits, self.names, o.topk) if self.names else [],
+            "explained_class": {"index": target, "label": self.names[target] if self.names else str(target)},
+        })

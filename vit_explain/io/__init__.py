@@ -1,0 +1,1 @@
+"""The I/O room: models, images, preprocessing, overlays and output files."""

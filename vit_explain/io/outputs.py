@@ -1,0 +1,102 @@
+"""Output files: names, folder mirroring, atomic writes, the run manifest."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+
+class OutputError(Exception):
+    """The output folder cannot be used; one user-facing line."""
+
+
+def output_suffix(method: str, discard_ratio: float, head_fusion: str, category: int | None) -> str:
+    """The original's naming: attention_rollout_0.900_max, grad_rollout_243_0.900_max."""
+    name = method.replace("-", "_")
+    if name == "rollout":
+        name = "attention_rollout"
+    if category is not None and name != "attention_rollout":
+        name = f"{name}_{category}"
+    return f"{name}_{discard_ratio:.3f}_{head_fusion}"
+
+
+def output_stems(images: list[Path], input_root: Path, output_dir: Path) -> dict[Path, Path]:
+    """Where each image's outputs go (without suffix): the input folder's subfolders mirrored
+    under output_dir. Images sharing a stem in one folder keep their extension in the name."""
+    stems = Counter((p.parent, p.stem) for p in images)
+    result = {}
+    for path in images:
+        relative = path.parent.relative_to(input_root) if input_root.is_dir() else Path()
+        stem = path.stem if stems[(path.parent, path.stem)] == 1 else path.name.replace(".", "_")
+        result[path] = output_dir / relative / stem
+    return result
+
+
+def check_output_dir(output_dir: Path, input_path: Path) -> None:
+    output_dir, input_path = output_dir.resolve(), input_path.resolve()
+    if input_path.is_dir() and (output_dir == input_path or input_path in output_dir.parents):
+        raise OutputError(f"the output folder {output_dir} is inside the input folder {input_path}; "
+                          "choose another --output-dir")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output_dir):
+            pass
+    except OSError as error:
+        raise OutputError(f"cannot write to the output folder {output_dir}: {error.strerror or error}") from None
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write to a temporary file beside path, then rename: a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def write_png(path: Path, image_bgr: np.ndarray) -> None:
+    ok, encoded = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    if not ok:
+        raise OSError(f"cannot encode {path.name} as PNG")
+    atomic_write(path, encoded.tobytes())
+
+
+def write_npy(path: Path, array: np.ndarray) -> None:
+    import io
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    atomic_write(path, buffer.getvalue())
+
+
+class Manifest:
+    """manifest.json in the output folder: one entry per input, kept across runs so that a
+    re-run which skips finished images still lists them."""
+
+    def __init__(self, output_dir: Path, header: dict):
+        self.path = output_dir / "manifest.json"
+        self.header = header
+        self.entries: dict[str, dict] = {}
+        try:
+            previous = json.loads(self.path.read_text())
+            self.entries = {entry["input"]: entry for entry in previous.get("images", [])}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass
+
+    def get(self, input_path: str) -> dict | None:
+        return self.entries.get(input_path)
+
+    def add(self, entry: dict) -> None:
+        self.entries[entry["input"]] = entry
+
+    def save(self) -> None:
+        document = dict(self.header, images=sorted(self.entries.values(), key=lambda e: e["input"]))
+        atomic_write(self.path, (json.dumps(document, indent=2) + "\n").encode())
