@@ -16,6 +16,10 @@ class Preprocessor:
     def __init__(self, model, compat: bool = False):
         self.compat = compat
         self.config = timm.data.resolve_model_data_config(model)
+        built = getattr(getattr(model, "patch_embed", None), "img_size", None)
+        if built and not getattr(model.patch_embed, "dynamic_img_size", False):
+            # a model without a pretrained config (torch hub, hand-built) gets timm's default 224
+            self.config["input_size"] = (self.config["input_size"][0], *built)
         self.transform = None if compat else timm.data.create_transform(**self.config, is_training=False)
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
