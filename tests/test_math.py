@@ -60,12 +60,17 @@ def test_average_pooling_reads_the_mean_of_the_patch_rows():
 
 
 def test_discard_is_per_sample_and_keeps_the_class_token():
-    fused = torch.rand(2, 5, 5)
-    fused[0, 0, 0] = -1  # the smallest entry of sample 0, yet protected
+    fused = torch.stack([torch.arange(25.0), torch.arange(25.0).flip(0)]).view(2, 5, 5)
+    fused[0, 0, 0] = -1  # the smallest entry of sample 0, yet protected; sample 1's is its largest
     out = discard_lowest(fused, 0.8)
     assert out[0, 0, 0] == -1
     assert [(out[b] != 0).sum().item() for b in range(2)] == [6, 5]
     torch.testing.assert_close(out[1], discard_lowest(fused[1:], 0.8)[0])
+    assert sorted(out[1].flatten().tolist())[-5:] == [20, 21, 22, 23, 24]
+    # both selection paths (fewer discarded than kept, and the reverse) agree
+    for ratio in (0.2, 0.8):
+        kept = discard_lowest(fused, ratio)
+        assert [(kept[b] != 0).sum().item() for b in range(2)] == [25 - int(25 * ratio) + 1, 25 - int(25 * ratio)]
 
 
 @pytest.mark.parametrize("fusion", ["mean", "max", "min"])

@@ -37,8 +37,13 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: boo
     if count == 0:
         return fused
     flat = fused.reshape(batch, n * n)
-    _, lowest = flat.topk(count, dim=-1, largest=False)
-    keep = torch.ones_like(flat, dtype=torch.bool).scatter_(1, lowest, False)
+    # topk is fast for small k: select whichever side of the split is smaller.
+    if count <= n * n - count:
+        _, lowest = flat.topk(count, dim=-1, largest=False)
+        keep = torch.ones_like(flat, dtype=torch.bool).scatter_(1, lowest, False)
+    else:
+        _, highest = flat.topk(n * n - count, dim=-1, largest=True)
+        keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, highest, True)
     if protect_first:
         keep[:, 0] = True
     return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)
