@@ -1,7 +1,8 @@
 """vit-explain: where did the Vision Transformer look?"""
 from ._version import __version__
 
-__all__ = ["Explanation", "VITAttentionGradRollout", "VITAttentionRollout", "__version__"]
+__all__ = ["Explanation", "VITAttentionGradRollout", "VITAttentionRollout", "VITGradWeightedAttention",
+           "VITRawAttention", "__version__"]
 
 
 def __getattr__(name: str):

@@ -22,15 +22,15 @@ def readout_rows(batch: int, num_tokens: int, num_prefix: int, pooling: str,
 
 
 def tokens_to_grid(relevance: torch.Tensor, num_prefix: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, N) token relevance -> (B, gh, gw), dropping the prefix tokens."""
-    patches = relevance[:, num_prefix:]
+    """(..., N) token relevance -> (..., gh, gw), dropping the prefix tokens."""
+    patches = relevance[..., num_prefix:]
     gh, gw = grid
     if patches.shape[-1] != gh * gw:
         raise ValueError(
             f"{patches.shape[-1]} patch tokens do not fill a {gh}x{gw} grid "
             f"({relevance.shape[-1]} tokens, {num_prefix} prefix tokens)"
         )
-    return patches.reshape(-1, gh, gw)
+    return patches.reshape(*patches.shape[:-1], gh, gw)
 
 
 def scale_to_max(maps: torch.Tensor) -> torch.Tensor:

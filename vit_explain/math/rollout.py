@@ -52,6 +52,23 @@ def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[tor
     return propagate(readout.to(attentions[0].dtype), mixings)
 
 
+def gradient_weighted_attention(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
+                                readout: torch.Tensor) -> torch.Tensor:
+    """Chefer et al., ICCV 2021 (generic): R = I; R <- R + mean_h(clamp(A * dL/dA, min=0)) @ R.
+
+    Each step is R <- (I + Abar) @ R, so the read-out rows are pushed through (I + Abar_l).
+    """
+    n = attentions[0].shape[-1]
+    eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)
+    mixings = [eye + (a * g).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients, strict=True)]
+    return propagate(readout.to(attentions[0].dtype), mixings)
+
+
+def raw_attention(attention: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
+    """One block's attention as seen from the read-out rows, per head: (B, H, N)."""
+    return torch.einsum("bkn,bhnm->bhm", readout.to(attention.dtype), attention)
+
+
 def _class_row(attention: torch.Tensor) -> torch.Tensor:
     batch, _, n, _ = attention.shape
     readout = torch.zeros(batch, 1, n, dtype=attention.dtype, device=attention.device)

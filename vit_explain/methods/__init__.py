@@ -1,7 +1,8 @@
 """The methods room: public explainer classes joining recording and math, and architecture adapters."""
+from .attention import VITGradWeightedAttention, VITRawAttention
 from .base import AttentionExplainer, Explanation
 from .layout import TokenLayout, token_layout
 from .rollout import VITAttentionGradRollout, VITAttentionRollout
 
 __all__ = ["AttentionExplainer", "Explanation", "TokenLayout", "VITAttentionGradRollout",
-           "VITAttentionRollout", "token_layout"]
+           "VITAttentionRollout", "VITGradWeightedAttention", "VITRawAttention", "token_layout"]

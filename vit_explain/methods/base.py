@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..math import check_discard_ratio, check_head_fusion, scale_to_max, tokens_to_grid
+from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
 from ..recording import AttentionRecorder, find_attention_modules, resolve_targets
 from .layout import TokenLayout, check_input, token_layout
 
@@ -49,7 +49,8 @@ class AttentionExplainer:
         """(B, N) relevance of every input token for the explained output."""
         raise NotImplementedError
 
-    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+    def record(self, input_tensor: torch.Tensor, category_index=None):
+        """Run the model once: (attentions, gradients or None, logits, targets, layout)."""
         check_input(self.model, input_tensor)
         param = next(self.model.parameters(), None)
         x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
@@ -64,15 +65,29 @@ class AttentionExplainer:
         layout = token_layout(self.model, tuple(x.shape[-2:]), attentions[0].shape[-1])
         if self.compat:
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
+        return attentions, gradients, logits.detach(), targets, layout
+
+    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+        attentions, gradients, logits, targets, layout = self.record(input_tensor, category_index)
         with torch.no_grad():
             relevance = self.relevance(attentions, gradients, layout)
             masks = scale_to_max(tokens_to_grid(relevance, layout.num_prefix, layout.grid).float())
-        return Explanation(masks, logits.detach(), targets)
+        return Explanation(masks, logits, targets)
+
+    def attention_block_count(self) -> int:
+        return len(find_attention_modules(self.model, self.attention_layer_name))
 
     def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
         """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
         masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
         return masks[0] if masks.shape[0] == 1 else masks
+
+
+def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:
+    """(B, 1, N) rows the classifier reads, in the attention's dtype and device."""
+    batch, _, n, _ = attentions[0].shape
+    return readout_rows(batch, n, layout.num_prefix, layout.pooling,
+                        dtype=attentions[0].dtype, device=attentions[0].device)
 
 
 def check_attention_shapes(model: nn.Module, attentions, batch: int) -> None:

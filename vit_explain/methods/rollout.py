@@ -2,15 +2,8 @@
 from __future__ import annotations
 
 from ..math import (attention_rollout, compat_attention_rollout, compat_gradient_rollout,
-                    gradient_rollout, readout_rows)
-from .base import AttentionExplainer
-from .layout import TokenLayout
-
-
-def _readout(attentions, layout: TokenLayout):
-    batch, _, n, _ = attentions[0].shape
-    return readout_rows(batch, n, layout.num_prefix, layout.pooling,
-                        dtype=attentions[0].dtype, device=attentions[0].device)
+                    gradient_rollout)
+from .base import AttentionExplainer, readout_for
 
 
 class VITAttentionRollout(AttentionExplainer):
@@ -24,7 +17,7 @@ class VITAttentionRollout(AttentionExplainer):
     def relevance(self, attentions, gradients, layout):
         if self.compat:
             return compat_attention_rollout(attentions, self.head_fusion, self.discard_ratio)
-        rows = attention_rollout(attentions, _readout(attentions, layout), self.head_fusion, self.discard_ratio)
+        rows = attention_rollout(attentions, readout_for(attentions, layout), self.head_fusion, self.discard_ratio)
         return rows[:, 0]
 
     def __call__(self, input_tensor, category_index=None):
@@ -49,6 +42,6 @@ class VITAttentionGradRollout(AttentionExplainer):
     def relevance(self, attentions, gradients, layout):
         if self.compat:
             return compat_gradient_rollout(attentions, gradients, self.discard_ratio)
-        rows = gradient_rollout(attentions, gradients, _readout(attentions, layout),
+        rows = gradient_rollout(attentions, gradients, readout_for(attentions, layout),
                                 self.head_fusion, self.discard_ratio)
         return rows[:, 0]

@@ -1,0 +1,54 @@
+"""Beyond rollout: gradient-weighted attention (Chefer et al.) and raw attention maps."""
+from __future__ import annotations
+
+import torch
+
+from ..math import gradient_weighted_attention, raw_attention, scale_to_max, tokens_to_grid
+from .base import AttentionExplainer, Explanation, readout_for
+
+
+class VITGradWeightedAttention(AttentionExplainer):
+    """Gradient-weighted attention (Chefer et al., ICCV 2021, the generic method).
+
+    R = I; R <- R + mean_h(clamp(A * dL/dA, min=0)) @ R over the blocks; the map is the class
+    token's row over the patches. `__call__(input_tensor, category_index=None)` as for
+    VITAttentionGradRollout.
+    """
+
+    needs_gradients = True
+
+    def __init__(self, model, attention_layer_name="attn_drop"):
+        super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
+
+    def relevance(self, attentions, gradients, layout):
+        return gradient_weighted_attention(attentions, gradients, readout_for(attentions, layout))[:, 0]
+
+
+class VITRawAttention(AttentionExplainer):
+    """The class token's attention at one block (default the last), mean over the heads.
+
+    For average-pooled models the mean over the patch rows is shown instead. `explain_heads()`
+    gives one map per head, (B, heads, gh, gw): the DINO / CaiT-paper view.
+    """
+
+    def __init__(self, model, attention_layer_name="attn_drop", layer: int = -1):
+        super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
+        blocks = self.attention_block_count()
+        if not -blocks <= layer < blocks:
+            raise ValueError(f"layer {layer} is out of range: the model has {blocks} attention blocks "
+                             f"(0..{blocks - 1}, or -1 for the last)")
+        self.layer = layer
+
+    def relevance(self, attentions, gradients, layout):
+        return self.head_relevance(attentions, layout).mean(dim=1)
+
+    def head_relevance(self, attentions, layout) -> torch.Tensor:
+        attention = attentions[self.layer]
+        return raw_attention(attention, readout_for([attention], layout))
+
+    def explain_heads(self, input_tensor) -> Explanation:
+        """masks (B, heads, gh, gw), each head's map scaled to its own maximum."""
+        attentions, _, logits, targets, layout = self.record(input_tensor, None)
+        with torch.no_grad():
+            maps = tokens_to_grid(self.head_relevance(attentions, layout), layout.num_prefix, layout.grid)
+        return Explanation(scale_to_max(maps.float()), logits, targets)
