@@ -9,6 +9,9 @@ import click
 
 from .._version import __version__
 from ..io.overlay import COLORMAPS
+
+# The choices, without importing the methods (and torch) before the command line is valid.
+METHOD_NAMES = ["rollout", "grad-rollout", "chefer", "raw-attention", "flow", "grad-cam"]
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
 
 EXIT_CODES_HELP = ("Exit codes: 0 all explained; 1 some images failed (the rest were written); "
@@ -20,8 +23,12 @@ EXIT_CODES_HELP = ("Exit codes: 0 all explained; 1 some images failed (the rest 
                epilog=EXIT_CODES_HELP)
 @click.option("--image_path", "--image-path", "image_path", required=True,
               type=click.Path(path_type=Path), help="An image file, or a folder searched recursively.")
-@click.option("--method", type=click.Choice(["rollout", "grad-rollout"]), default=None,
+@click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
               help="Explanation method. Default: rollout, or grad-rollout when --category_index is given.")
+@click.option("--layer", type=int, default=-1,
+              help="Block whose attention raw-attention shows (0-based; -1 = the last).")
+@click.option("--target-layer", "--target_layer", "target_layer", default=None, metavar="MODULE",
+              help="Module whose activations grad-cam uses (dotted name). Default: the last block's norm1.")
 @click.option("--model", default="deit_tiny_patch16_224",
               help="timm model name (pretrained weights), or local-dir:FOLDER for a saved timm model.")
 @click.option("--hub", default=None, metavar="REPO",
@@ -62,6 +69,9 @@ def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
         kwargs["device"] = "cuda"
     if kwargs["method"] is None:
         kwargs["method"] = "grad-rollout" if kwargs["category_index"] is not None else "rollout"
+    if kwargs["compat"] and kwargs["method"] not in ("rollout", "grad-rollout"):
+        raise click.BadParameter(f"applies to rollout and grad-rollout only, not {kwargs['method']}",
+                                 param_hint="--compat")
     return Run(Options(**kwargs)).execute()
 
 

@@ -15,16 +15,13 @@ from .._version import __version__
 from ..io.images import ImageError, find_inputs
 from ..io.labels import class_names
 from ..io.models import ModelLoadError, load_model
-from ..io.outputs import (Manifest, OutputError, check_output_dir, output_stems, output_suffix,
-                          write_npy, write_png)
-from ..io.overlay import compat_overlay, overlay
+from ..io.outputs import Manifest, OutputError, check_output_dir, output_stems, write_npy, write_png
+from ..io.overlay import compat_overlay, head_grid, overlay
 from ..io.preprocess import Preprocessor
-from ..methods import VITAttentionGradRollout, VITAttentionRollout
 from .dataset import image_batches
 from .errors import (EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE,
                      CommandError)
-
-METHODS = {"rollout": VITAttentionRollout, "grad-rollout": VITAttentionGradRollout}
+from .methods import METHODS
 
 
 @dataclass
@@ -43,6 +40,8 @@ class Options:
     output_dir: Path
     topk: int
     compat: str | None
+    layer: int
+    target_layer: str | None
     colormap: str
     alpha: float
     overwrite: bool
@@ -59,8 +58,7 @@ def resolve_device(name: str) -> torch.device:
 
 def build_explainer(options: Options, model):
     try:
-        return METHODS[options.method](model, head_fusion=options.head_fusion,
-                                       discard_ratio=options.discard_ratio, compat=options.compat)
+        return METHODS[options.method].build(options, model)
     except ValueError as error:
         raise CommandError(str(error), EXIT_MODEL) from None
 
@@ -106,18 +104,19 @@ class Run:
         self.explained = self.failed = self.skipped = 0
 
     def outputs_for(self, path: Path, category: int | None) -> dict[str, Path]:
-        o = self.options
-        suffix = output_suffix(o.method, o.discard_ratio, o.head_fusion, category)
         stem = self.stems[path]
-        return {"overlay": stem.with_name(f"{stem.name}_{suffix}.png"),
-                "mask": stem.with_name(f"{stem.name}_{suffix}.npy")}
+        name = f"{stem.name}_{METHODS[self.options.method].suffix(self.options, category)}"
+        outputs = {"overlay": stem.with_name(name + ".png"), "mask": stem.with_name(name + ".npy")}
+        if self.options.method == "raw-attention":
+            outputs["heads"] = stem.with_name(name + "_heads.png")
+        return outputs
 
     def already_done(self, path: Path) -> bool:
         """Outputs exist from an earlier run (named with the class asked for, if any)."""
         if self.options.overwrite:
             return False
         category = self.options.category_index
-        if category is None and self.options.method != "rollout":
+        if category is None and METHODS[self.options.method].class_specific:
             entry = self.manifest.get(str(path))  # the predicted class is in the earlier manifest
             category = (entry or {}).get("explained_class", {}).get("index")
             if category is None:
@@ -167,25 +166,30 @@ class Run:
         try:
             x = torch.stack([item["tensor"] for item in items])
             result = self.explainer.explain(x, o.category_index)
+            heads = self.explainer.explain_heads(x).masks.cpu().numpy() if o.method == "raw-attention" else None
         except (ValueError, RuntimeError) as error:
             for item in items:
                 self.fail(item["path"], f"{item['path']}: cannot explain: {error}")
             return
         masks = result.masks.cpu().numpy()
         for index, item in enumerate(items):
-            self.write_outputs(item, masks[index], result.logits[index].cpu(), int(result.targets[index]))
+            self.write_outputs(item, masks[index], None if heads is None else heads[index],
+                               result.logits[index].cpu(), int(result.targets[index]))
 
-    def write_outputs(self, item: dict, mask: np.ndarray, logits: torch.Tensor, target: int) -> None:
+    def write_outputs(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
+                      logits: torch.Tensor, target: int) -> None:
         o = self.options
         path, image = item["path"], item["image"]
-        category = o.category_index if o.method == "rollout" else target
-        outputs = self.outputs_for(path, None if o.method == "rollout" else category)
+        spec = METHODS[o.method]
+        outputs = self.outputs_for(path, target if spec.class_specific else None)
         try:
             if o.compat:
                 picture = compat_overlay(np.ascontiguousarray(image[:, :, ::-1]), mask)
             else:
                 box = self.preprocess.visible_box(image.shape[1], image.shape[0])
                 picture = overlay(image, mask, box, o.colormap, o.alpha)
+                if head_masks is not None:
+                    write_png(outputs["heads"], head_grid(image, head_masks, box, o.colormap, o.alpha))
             write_png(outputs["overlay"], picture)
             write_npy(outputs["mask"], mask)
         except OSError as error:
@@ -196,10 +200,20 @@ class Run:
             "input": str(path), "status": "explained",
             "outputs": {kind: str(p) for kind, p in outputs.items()},
             "method": o.method,
-            "parameters": {"head_fusion": o.head_fusion, "discard_ratio": o.discard_ratio,
-                           "category_index": o.category_index, "compat": o.compat},
+            "parameters": self.parameters(),
             "image_size": [int(image.shape[1]), int(image.shape[0])],
             "mask_grid": list(mask.shape),
             "topk": top_classes(logits, self.names, o.topk) if self.names else [],
             "explained_class": {"index": target, "label": self.names[target] if self.names else str(target)},
         })
+
+    def parameters(self) -> dict:
+        o = self.options
+        common = {"category_index": o.category_index}
+        return {
+            "rollout": {"head_fusion": o.head_fusion, "discard_ratio": o.discard_ratio, "compat": o.compat},
+            "grad-rollout": {"head_fusion": o.head_fusion, "discard_ratio": o.discard_ratio, "compat": o.compat,
+                             **common},
+            "raw-attention": {"layer": o.layer},
+            "grad-cam": {"target_layer": o.target_layer or "default (last block's norm1)", **common},
+        }.get(o.method, common)

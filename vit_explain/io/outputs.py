@@ -15,16 +15,6 @@ class OutputError(Exception):
     """The output folder cannot be used; one user-facing line."""
 
 
-def output_suffix(method: str, discard_ratio: float, head_fusion: str, category: int | None) -> str:
-    """The original's naming: attention_rollout_0.900_max, grad_rollout_243_0.900_max."""
-    name = method.replace("-", "_")
-    if name == "rollout":
-        name = "attention_rollout"
-    if category is not None and name != "attention_rollout":
-        name = f"{name}_{category}"
-    return f"{name}_{discard_ratio:.3f}_{head_fusion}"
-
-
 def output_stems(images: list[Path], input_root: Path, output_dir: Path) -> dict[Path, Path]:
     """Where each image's outputs go (without suffix): the input folder's subfolders mirrored
     under output_dir. Images sharing a stem in one folder keep their extension in the name."""

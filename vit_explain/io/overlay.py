@@ -42,3 +42,23 @@ def compat_overlay(image_bgr: np.ndarray, mask: np.ndarray) -> np.ndarray:
     heatmap = np.float32(cv2.applyColorMap(np.uint8(255 * mask), cv2.COLORMAP_JET)) / 255
     cam = heatmap + np.float32(image_bgr) / 255
     return np.uint8(255 * (cam / np.max(cam)))
+
+
+def head_grid(image_rgb: np.ndarray, head_masks: np.ndarray, box, colormap: str = "jet", alpha: float = 0.5,
+              tile_side: int = 384, gap: int = 4) -> np.ndarray:
+    """One BGR image: an overlay per head, tiled in a near-square grid and labelled by head."""
+    height, width = image_rgb.shape[:2]
+    scale = min(1.0, tile_side / max(height, width))
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    small = cv2.resize(image_rgb, size, interpolation=cv2.INTER_AREA)
+    small_box = tuple(v * scale for v in box)
+    count = len(head_masks)
+    columns = int(np.ceil(np.sqrt(count)))
+    rows = int(np.ceil(count / columns))
+    canvas = np.full((rows * (size[1] + gap) - gap, columns * (size[0] + gap) - gap, 3), 255, np.uint8)
+    for head, mask in enumerate(head_masks):
+        tile = overlay(small, mask, small_box, colormap, alpha)
+        cv2.putText(tile, f"head {head}", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1, cv2.LINE_AA)
+        top, left = (head // columns) * (size[1] + gap), (head % columns) * (size[0] + gap)
+        canvas[top:top + size[1], left:left + size[0]] = tile
+    return canvas

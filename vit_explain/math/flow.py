@@ -1,0 +1,143 @@
+"""Attention flow (Abnar & Zuidema, 2020), exact, on scipy's integer max-flow solver.
+
+The graph (design.md): per block l = 1..L, W_l = mean over heads of the attention and
+Q_l = (W_l + I) / 2 with rows renormalised (rollout's mixing matrix without discard). Node (l, i)
+is token i after block l, (0, j) is input token j; the edge (l, i) -> (l-1, j) has capacity
+Q_l[i, j]. The relevance of input token j is the max flow from the readout to (0, j); the row over
+all N input tokens is then normalised to sum 1.
+
+Readout (the source). Class-token models: the source is (L, cls). Average-pooled models: a
+super-source with an edge of capacity 1/num_patches to every (L, patch i). Both are one
+`readout` vector of source capacities over the last layer's tokens (`readout_rows` of grid.py);
+a one-hot readout uses the node itself as the source.
+
+One graph per sample, only the sink moves. Layer 0 is collapsed into a single sink node T: for
+input token j, the N edges (1, i) -> T get the capacities Q_1[i, j] by overwriting their slots in
+the CSR data array, so the graph is built once per sample. This is exact: every (0, j') with
+j' != j has no way out, so it carries no flow to (0, j). Nodes the source cannot reach (all of
+layer L but the source for class-token models) and edges whose integer capacity is 0 are left out.
+
+Integer capacities and their error. scipy.sparse.csgraph.maximum_flow accepts only integer
+capacities and works in int32 (capacities, per-edge flows, and a 2**31 - 1 "infinite" sentinel in
+its Dinic search). Every capacity is therefore rint(S * c) with S = DEFAULT_SCALE = 2**30: no
+edge exceeds S (Q <= 1, readout <= 1), and a flow is at most the source's capacity,
+sum_i rint(S * readout_i) <= S + N / 2 < 2**31 - 1, so nothing overflows, with a factor of ~2 to
+spare. Dinic's running time does not depend on the capacities' size (measured: S = 1e7 and 2**30
+run equally fast), so the largest safe S is free. The values are nowhere near 0.5 / S for real
+models (the smallest Q entry is ~1e-4 for deit_tiny: (W + I) / 2 keeps every entry away from 0),
+so in practice no edge is dropped.
+
+Error bound: each capacity moves by at most 0.5 / S, so every cut's capacity moves by at most
+|cut| * 0.5 / S, and the max flow (the smallest cut) moves by at most
+max(|C|, |C'|) * 0.5 / S, where C and C' are minimum cuts of the exact and of the rounded
+problem and |C| counts their edges; at most #edges * 0.5 / S in all (deit_tiny: 388k edges,
+1.8e-4 -- a gross overestimate). tests/test_flow.py checks the cut bound at a small S (where the
+error is visible), and against networkx's preflow-push on float capacities the normalised rows
+agree to ~1e-9 at the default S (measured on a 3-block, 17-token model).
+
+Speed: scipy's Dinic takes ~10 ms per sink on deit_tiny (197 tokens, 12 blocks, ~390k edges),
+most of it spent re-deriving reverse edges inside maximum_flow, which cannot be skipped through
+scipy's API; ~2 s per image on one CPU core (benchmarks/bench_flow.py). Edmonds-Karp is ~150x
+slower here; networkx's preflow-push needs 8-10 minutes. A max-flow solver is inherently per
+sample, so the batch is a Python loop.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from scipy.sparse import csr_matrix
+from scipy.sparse.csgraph import maximum_flow
+
+from .rollout import mixing_matrix
+
+DEFAULT_SCALE = 2 ** 30
+INT32_MAX = 2 ** 31 - 1
+
+
+def flow_capacities(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """(B, H, N, N) per block -> Q = (mean_h A + I) / 2, rows renormalised: (B, N, N) float64 per block."""
+    return [mixing_matrix(a.double().mean(dim=1), 0.0) for a in attentions]
+
+
+def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
+                   scale: float = DEFAULT_SCALE, method: str = "dinic") -> torch.Tensor:
+    """Attention flow relevance of every input token, normalised to sum 1: (B, N) float64.
+
+    attentions: post-softmax (B, H, N, N) per block, in forward order.
+    readout:    (B, N) or (B, 1, N) source capacities over the last layer's tokens: one-hot at the
+                class token, or 1/num_patches on every patch for average-pooled models.
+    scale:      integer scale S of the capacities (see the module docstring for the error bound).
+    """
+    capacities = torch.stack(flow_capacities(attentions), dim=1).cpu().numpy()  # (B, L, N, N)
+    weights = readout.reshape(readout.shape[0], -1).double().cpu().numpy()       # (B, N)
+    if weights.shape != (capacities.shape[0], capacities.shape[-1]):
+        raise ValueError(f"readout must hold one weight per token, (B={capacities.shape[0]}, "
+                         f"N={capacities.shape[-1]}); got {tuple(readout.shape)}")
+    rows = np.stack([_flow_row(c, w, scale, method) for c, w in zip(capacities, weights)])
+    return torch.from_numpy(rows).to(attentions[0].device)
+
+
+def integer_capacities(values: np.ndarray, scale: float) -> np.ndarray:
+    """rint(scale * values) as int64, refusing anything scipy's int32 solver could overflow on."""
+    scaled = np.rint(np.asarray(values, dtype=np.float64) * scale)
+    if scaled.size and (scaled.min() < 0 or scaled.max() > INT32_MAX):
+        raise ValueError(f"capacities scaled by {scale:g} leave [0, 2**31 - 1]; use a smaller scale")
+    return scaled.astype(np.int64)
+
+
+def max_flow_values(capacities: np.ndarray, weights: np.ndarray, scale: float = DEFAULT_SCALE,
+                    method: str = "dinic") -> np.ndarray:
+    """Un-normalised max flow to every input token for one sample, in units of 1 (float64, (N,)).
+
+    capacities: (L, N, N) float Q matrices in forward order; weights: (N,) source capacities.
+    """
+    blocks, n, _ = capacities.shape
+    caps = integer_capacities(capacities, scale)          # (L, N, N)
+    source_caps = integer_capacities(weights, scale)       # (N,)
+    if source_caps.sum() > INT32_MAX:
+        raise ValueError(f"the source's capacity scaled by {scale:g} exceeds 2**31 - 1; use a smaller scale")
+
+    # Node ids: (l, i) -> (l - 1) * n + i for l = 1..L; T (all of layer 0) = L * n; super-source after it.
+    sink = blocks * n
+    rows, cols, data = [], [], []
+    top = np.flatnonzero(source_caps)
+    if top.size == 1:                                      # one-hot readout: (L, cls) is the source
+        source = (blocks - 1) * n + int(top[0])
+    else:
+        source = sink + 1
+        rows.append(np.full(top.size, source)), cols.append((blocks - 1) * n + top), data.append(source_caps[top])
+    reached = np.zeros(n, dtype=bool)
+    reached[top] = True
+    for layer in range(blocks, 1, -1):                     # block `layer`: (layer, i) -> (layer - 1, j)
+        block = caps[layer - 1]
+        i, j = np.nonzero(block * reached[:, None])        # only rows the source can reach
+        rows.append((layer - 1) * n + i), cols.append((layer - 2) * n + j), data.append(block[i, j])
+        reached = np.zeros(n, dtype=bool)
+        reached[j] = True
+    first = np.flatnonzero(reached)                        # layer-1 nodes: one edge each to T
+    rows.append(first), cols.append(np.full(first.size, sink)), data.append(np.ones(first.size, np.int64))
+    size = sink + 2
+    graph = csr_matrix((np.concatenate(data).astype(np.int32),
+                        (np.concatenate(rows), np.concatenate(cols))), shape=(size, size))
+    graph.sum_duplicates()
+    graph.sort_indices()
+    slots = graph.indptr[first]                            # the (1, i) -> T entries, one per row
+
+    flows = np.zeros(n, dtype=np.float64)
+    if first.size == 0:
+        return flows
+    for token in range(n):
+        incoming = caps[0][first, token]
+        if not incoming.any():
+            continue
+        graph.data[slots] = incoming
+        flows[token] = maximum_flow(graph, source, sink, method=method).flow_value / scale
+    return flows
+
+
+def _flow_row(capacities: np.ndarray, weights: np.ndarray, scale: float, method: str) -> np.ndarray:
+    flows = max_flow_values(capacities, weights, scale, method)
+    total = flows.sum()
+    return flows / total if total > 0 else flows
