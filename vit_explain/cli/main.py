@@ -9,13 +9,11 @@ import click
 
 from .._version import __version__
 from ..io.overlay import COLORMAPS
-
-# The choices, without importing the methods (and torch) before the command line is valid.
-METHOD_NAMES = ["rollout", "grad-rollout", "chefer", "raw-attention", "flow", "grad-cam"]
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
+from .main_options import METHOD_NAMES, model_options
 
-EXIT_CODES_HELP = ("Exit codes: 0 all explained; 1 some images failed (the rest were written); "
-                   "2 bad command line; 3 model not loadable; 4 no usable input; 5 output folder "
+EXIT_CODES_HELP = ("Scoring methods: vit-explain evaluate --help. Exit codes: 0 all explained; 1 some "
+                   "images failed (the rest were written); 2 bad command line; 3 model not loadable; 4 no usable input; 5 output folder "
                    "not writable; 70 internal error.")
 
 
@@ -29,15 +27,7 @@ EXIT_CODES_HELP = ("Exit codes: 0 all explained; 1 some images failed (the rest 
               help="Block whose attention raw-attention shows (0-based; -1 = the last).")
 @click.option("--target-layer", "--target_layer", "target_layer", default=None, metavar="MODULE",
               help="Module whose activations grad-cam uses (dotted name). Default: the last block's norm1.")
-@click.option("--model", default="deit_tiny_patch16_224",
-              help="timm model name (pretrained weights), or local-dir:FOLDER for a saved timm model.")
-@click.option("--hub", default=None, metavar="REPO",
-              help="Load --model as an entry point of this torch hub repo (e.g. facebookresearch/deit:main) "
-                   "or local hub folder.")
-@click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
-              help="Weights (.pth / .safetensors) for the architecture named by --model.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--use_cuda", "--use-cuda", "use_cuda", is_flag=True, help="Same as --device cuda.")
+@model_options
 @click.option("--head_fusion", "--head-fusion", "head_fusion", type=click.Choice(["mean", "max", "min"]),
               default="max", help="How the attention heads are fused.")
 @click.option("--discard_ratio", "--discard-ratio", "discard_ratio",
@@ -79,10 +69,14 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure ends in one line on stderr and a documented exit code."""
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    command, name = explain, "vit-explain"
+    if argv[:1] == ["evaluate"]:
+        from .evaluate import evaluate
+        command, name, argv = evaluate, "vit-explain evaluate", argv[1:]
     try:
-        code = explain.main(args=argv, prog_name="vit-explain", standalone_mode=False)
+        code = command.main(args=argv, prog_name=name, standalone_mode=False)
     except click.exceptions.UsageError as error:
-        hint = " (see vit-explain --help)"
+        hint = f" (see {name} --help)"
         print(f"vit-explain: {error.format_message()}{hint}", file=sys.stderr)
         code = EXIT_USAGE
     except click.exceptions.Abort:

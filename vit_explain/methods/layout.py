@@ -80,19 +80,26 @@ def check_input(model: nn.Module, input_tensor) -> None:
     strict = embed is not None and getattr(embed, "strict_img_size", False) and not dynamic
     img_size = _pair(embed.img_size) if strict and getattr(embed, "img_size", None) else None
     patch = _pair(getattr(embed, "patch_size", 1) or 1)
+    check_input_shape(input_tensor, channels, img_size, patch)
+
+
+def check_input_shape(input_tensor, channels: int, img_size: tuple[int, int] | None,
+                      patch: tuple[int, int] = (1, 1), note: str = "") -> None:
+    """ValueError unless input_tensor is a float (B, channels, H, W) tensor of size img_size
+    (any size of at least one patch when img_size is None). note is appended to the message."""
     if img_size:
         expected = f"(B, {channels}, {img_size[0]}, {img_size[1]})"
     else:
         expected = f"(B, {channels}, H, W) with H >= {patch[0]} and W >= {patch[1]}"
     if not torch.is_tensor(input_tensor):
-        raise ValueError(f"expected an input tensor of shape {expected}, got {type(input_tensor).__name__}")
+        raise ValueError(f"expected an input tensor of shape {expected}, got {type(input_tensor).__name__}{note}")
     shape = tuple(input_tensor.shape)
     ok = input_tensor.ndim == 4 and shape[1] == channels and shape[0] > 0
     if ok and img_size:
-        ok = shape[2:] == img_size
+        ok = shape[2:] == tuple(img_size)
     elif ok:
         ok = shape[2] >= patch[0] and shape[3] >= patch[1]
     if not ok:
-        raise ValueError(f"expected an input tensor of shape {expected}, got {shape}")
+        raise ValueError(f"expected an input tensor of shape {expected}, got {shape}{note}")
     if not input_tensor.is_floating_point():
         raise ValueError(f"expected a floating-point input tensor, got dtype {input_tensor.dtype}")

@@ -1,0 +1,203 @@
+"""`vit-explain evaluate`: deletion / insertion AUC and pointing game for every method."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import tqdm
+from PIL import Image
+
+from .._version import __version__
+from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE, CommandError
+from .main_options import METHOD_NAMES, model_options
+
+BASELINE_MAPS = ("random", "uniform")
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.option("--image_path", "--image-path", "image_path", required=True, type=click.Path(path_type=Path),
+              help="An image file, or a folder searched recursively.")
+@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
+              help="Folder of ground-truth object masks (PNG, same stems as the images) for the pointing game.")
+@click.option("--methods", default=",".join(METHOD_NAMES),
+              help="Comma-separated methods to score; a random and a uniform map are always added.")
+@click.option("--steps", type=click.IntRange(min=1), default=20, help="Deletion / insertion steps.")
+@click.option("--baseline", type=click.Choice(["blur", "mean", "zero"]), default="blur",
+              help="What deleted (or not yet inserted) patches become.")
+@model_options
+@click.option("--head_fusion", "--head-fusion", "head_fusion", type=click.Choice(["mean", "max", "min"]),
+              default="max", help="Head fusion for rollout and grad-rollout.")
+@click.option("--discard_ratio", "--discard-ratio", "discard_ratio", type=click.FloatRange(0, 1, max_open=True),
+              default=0.9, help="Discard ratio for rollout and grad-rollout.")
+@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=8)
+@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
+              default=Path("vit-explain-out"), help="Where evaluation.csv and evaluation.json go.")
+@click.option("--seed", type=int, default=0, help="Seed of the random baseline map.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+def evaluate(use_cuda: bool, debug: bool, **kwargs) -> int:
+    """Score explanation methods: deletion and insertion AUC (Petsiuk et al. 2018) and, with
+    --masks, the pointing game and energy-based pointing score."""
+    if use_cuda:
+        kwargs["device"] = "cuda"
+    methods = [m.strip() for m in kwargs.pop("methods").split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_NAMES]
+    if unknown or not methods:
+        raise click.BadParameter(f"unknown method {', '.join(unknown) or '(none)'}; choose from "
+                                 f"{', '.join(METHOD_NAMES)}", param_hint="--methods")
+    return Evaluation(methods, **kwargs).run()
+
+
+class Evaluation:
+    def __init__(self, methods, image_path, masks_dir, steps, baseline, model, hub, checkpoint, device,
+                 head_fusion, discard_ratio, batch_size, output_dir, seed, quiet):
+        from types import SimpleNamespace
+
+        from ..io.images import ImageError, find_inputs
+        from ..io.models import ModelLoadError, load_model
+        from ..io.outputs import OutputError, check_output_dir
+        from ..io.preprocess import Preprocessor
+        from .methods import METHODS
+        from .runner import resolve_device
+        self.image_path, self.masks_dir, self.steps, self.baseline = image_path, masks_dir, steps, baseline
+        self.batch_size, self.output_dir, self.quiet = batch_size, output_dir, quiet
+        if masks_dir is not None and not masks_dir.is_dir():
+            raise CommandError(f"--masks {masks_dir} is not a folder", EXIT_INPUT)
+        try:
+            self.images, self.misnamed = find_inputs(image_path)
+        except ImageError as error:
+            raise CommandError(str(error), EXIT_INPUT) from None
+        try:
+            check_output_dir(output_dir, image_path)
+        except OutputError as error:
+            raise CommandError(str(error), EXIT_OUTPUT) from None
+        try:
+            self.model = load_model(model, hub, checkpoint, resolve_device(device))
+        except ModelLoadError as error:
+            raise CommandError(str(error), EXIT_MODEL) from None
+        options = SimpleNamespace(head_fusion=head_fusion, discard_ratio=discard_ratio, compat=None, layer=-1,
+                                  target_layer=None)
+        try:
+            self.explainers = {name: METHODS[name].build(options, self.model) for name in methods}
+        except ValueError as error:
+            raise CommandError(str(error), EXIT_MODEL) from None
+        self.preprocess = Preprocessor(self.model)
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rows: list[dict] = []
+        self.failed = 0
+
+    def object_mask(self, path: Path, size: tuple[int, int]) -> torch.Tensor | None:
+        """The ground-truth mask in model-input space: cropped and resized as the image was."""
+        if self.masks_dir is None:
+            return None
+        root = self.image_path if self.image_path.is_dir() else self.image_path.parent
+        relative = path.parent.relative_to(root)
+        for candidate in (self.masks_dir / relative / f"{path.stem}.png", self.masks_dir / f"{path.stem}.png"):
+            if candidate.is_file():
+                with Image.open(candidate) as mask:
+                    mask = mask.convert("L")
+                    box = self.preprocess.visible_box(*size)
+                    _, height, width = self.preprocess.config["input_size"]
+                    mask = mask.resize((width, height), Image.NEAREST, box=box)
+                    return torch.from_numpy(np.asarray(mask) > 127)
+        return None
+
+    def run(self) -> int:
+        from ..math.metrics import energy_pointing, pointing_hits
+        from ..methods.evaluation import deletion_insertion
+        from .dataset import image_batches
+        for path in self.misnamed:
+            self.report(f"{path} is named like an image but is not one PIL can read")
+            self.failed += 1
+        progress = tqdm.tqdm(total=len(self.images), unit="img", disable=self.quiet, desc="evaluating",
+                             file=sys.stderr)
+        device = next(self.model.parameters()).device
+        for batch in image_batches(self.images, self.preprocess, self.batch_size, workers=0):
+            good = [item for item in batch if not item["error"]]
+            for item in batch:
+                if item["error"]:
+                    self.report(item["error"])
+                    self.failed += 1
+            if good:
+                x = torch.stack([item["tensor"] for item in good]).to(device)
+                objects = [self.object_mask(item["path"], item["image"].shape[1::-1]) for item in good]
+                for name, maps, targets in self.maps(x):
+                    scores = deletion_insertion(self.model, x, maps, targets, self.steps, self.baseline)
+                    for i, item in enumerate(good):
+                        row = {"image": str(item["path"]), "method": name, "class": int(targets[i]),
+                               "deletion_auc": float(scores["deletion"][i]),
+                               "insertion_auc": float(scores["insertion"][i])}
+                        if objects[i] is not None:
+                            one_map, one_object = maps[i:i + 1].cpu(), objects[i][None]
+                            row["pointing_hit"] = bool(pointing_hits(one_map, one_object)[0])
+                            row["energy_pointing"] = float(energy_pointing(one_map, one_object)[0])
+                        self.rows.append(row)
+            progress.update(len(batch))
+        progress.close()
+        self.write()
+        return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def maps(self, x: torch.Tensor):
+        """(name, (B, gh, gw) maps, (B,) explained classes) for every method and the two baselines."""
+        targets, grid = None, None
+        for name, explainer in self.explainers.items():
+            result = explainer.explain(x, None)
+            targets, grid = result.targets, tuple(result.masks.shape[-2:])
+            yield name, result.masks, result.targets
+        if targets is None:
+            return
+        yield "random", torch.rand(len(x), *grid, generator=self.generator).to(x.device), targets
+        yield "uniform", torch.ones(len(x), *grid, device=x.device), targets
+
+    def report(self, message: str) -> None:
+        tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
+
+    def summary(self) -> list[dict]:
+        names = list(self.explainers) + list(BASELINE_MAPS)
+        table = []
+        for name in names:
+            rows = [r for r in self.rows if r["method"] == name]
+            if not rows:
+                continue
+            entry = {"method": name, "images": len(rows),
+                     "deletion_auc": float(np.mean([r["deletion_auc"] for r in rows])),
+                     "insertion_auc": float(np.mean([r["insertion_auc"] for r in rows]))}
+            pointed = [r for r in rows if "pointing_hit" in r]
+            if pointed:
+                entry["pointing_game"] = float(np.mean([r["pointing_hit"] for r in pointed]))
+                entry["energy_pointing"] = float(np.mean([r["energy_pointing"] for r in pointed]))
+            table.append(entry)
+        return table
+
+    def write(self) -> None:
+        from ..io.outputs import atomic_write
+        table = self.summary()
+        header = f"{'method':<15}{'images':>7}{'deletion AUC (lower better)':>30}{'insertion AUC (higher better)':>31}"
+        pointing = any("pointing_game" in e for e in table)
+        if pointing:
+            header += f"{'pointing game':>15}{'energy pointing':>17}"
+        lines = [header]
+        for e in table:
+            line = f"{e['method']:<15}{e['images']:>7}{e['deletion_auc']:>30.4f}{e['insertion_auc']:>31.4f}"
+            if pointing:
+                line += f"{e.get('pointing_game', float('nan')):>15.3f}{e.get('energy_pointing', float('nan')):>17.3f}"
+            lines.append(line)
+        print("\n".join(lines))
+        document = {"vit_explain": __version__, "torch": torch.__version__, "steps": self.steps,
+                    "baseline": self.baseline, "summary": table, "images": self.rows}
+        atomic_write(self.output_dir / "evaluation.json", (json.dumps(document, indent=2) + "\n").encode())
+        fields = ["image", "method", "class", "deletion_auc", "insertion_auc", "pointing_hit", "energy_pointing"]
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        atomic_write(self.output_dir / "evaluation.csv", buffer.getvalue().encode())
+        scored = len({row["image"] for row in self.rows})
+        print(f"{scored} images scored, {self.failed} failed; "
+              f"details in {self.output_dir / 'evaluation.csv'}", file=sys.stderr)

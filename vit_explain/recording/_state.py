@@ -1,0 +1,102 @@
+"""Shared by the architecture-specific recorders: the model's state, forward and backward.
+
+`ModelState` puts a model in eval mode (and freezes its parameters for gradient methods) and
+puts back exactly what it found: every submodule's training flag and every parameter's
+requires_grad. `HookSnapshot` removes hooks (and hook-installed flags) that a library added
+to the model during a call, leaving the caller's own hooks alone.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from .recorder import target_score
+
+HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
+              "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
+              "_state_dict_hooks", "_load_state_dict_pre_hooks")
+
+
+class ModelState:
+    """save() records training flags (and requires_grad when freezing), then sets eval mode
+    (and requires_grad=False); restore() puts everything back and may be called more than once."""
+
+    def __init__(self, model: nn.Module, freeze: bool):
+        self.model = model
+        self.freeze = freeze
+        self._training: dict[nn.Module, bool] = {}
+        self._requires_grad: dict[nn.Parameter, bool] = {}
+
+    def save(self) -> None:
+        self._training = {m: m.training for m in self.model.modules()}
+        self.model.eval()
+        if self.freeze:
+            # Only activation gradients are needed: frozen weights save backward time.
+            self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
+            for p in self._requires_grad:
+                p.requires_grad_(False)
+
+    def restore(self) -> None:
+        for p, flag in self._requires_grad.items():
+            p.requires_grad_(flag)
+        for module, flag in self._training.items():
+            module.training = flag
+        self._training, self._requires_grad = {}, {}
+
+
+class HookSnapshot:
+    """Remembers every module's hooks and selected instance attributes; restore() removes hooks
+    added since and deletes (or resets) those attributes, so the model comes back as it was."""
+
+    def __init__(self, model: nn.Module, attributes: Sequence[str] = ()):
+        self.model = model
+        self.attributes = tuple(attributes)
+        self._hooks = {}
+        self._attributes = {}
+
+    def save(self) -> None:
+        self._hooks = {m: {name: set(getattr(m, name, {}) or {}) for name in HOOK_DICTS}
+                       for m in self.model.modules()}
+        self._attributes = {m: {a: m.__dict__[a] for a in self.attributes if a in m.__dict__}
+                            for m in self.model.modules()}
+
+    def restore(self) -> None:
+        for module in self.model.modules():
+            saved = self._hooks.get(module, {})
+            for name in HOOK_DICTS:
+                hooks = getattr(module, name, None)
+                if not hooks:
+                    continue
+                for key in [k for k in hooks if k not in saved.get(name, ())]:
+                    del hooks[key]
+            old = self._attributes.get(module, {})
+            for attribute in self.attributes:
+                if attribute in old:
+                    module.__dict__[attribute] = old[attribute]
+                elif attribute in module.__dict__:
+                    del module.__dict__[attribute]
+        self._hooks, self._attributes = {}, {}
+
+
+def run_forward(call: Callable[[torch.Tensor], torch.Tensor], input_tensor: torch.Tensor,
+                gradients: bool) -> torch.Tensor:
+    """call(input) under no_grad, or with a graph (the input requiring grad, as the parameters
+    may be frozen) when gradients are wanted, also inside no_grad / inference_mode."""
+    if not gradients:
+        with torch.no_grad():
+            return call(input_tensor)
+    with torch.inference_mode(False), torch.enable_grad():
+        x = input_tensor.clone() if input_tensor.is_inference() else input_tensor.detach()
+        return call(x.requires_grad_(True))
+
+
+def gradients_of(logits: torch.Tensor, targets, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """d(sum over the batch of each sample's target logit)/d tensor for each tensor, in order
+    (zeros for a tensor the score does not depend on)."""
+    with torch.inference_mode(False), torch.enable_grad():
+        # clone: targets chosen under inference_mode would be inference tensors
+        score = target_score(logits, torch.as_tensor(targets, device=logits.device).clone())
+        grads = torch.autograd.grad(score, list(tensors), allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
