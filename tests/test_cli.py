@@ -239,3 +239,24 @@ def test_help_shows_defaults_and_exit_codes(capsys):
     for text in ["[default: 0.9", "[default: max]", "[default: deit_tiny_patch16_224]", "Exit codes:"]:
         assert text in out
     assert run(capsys, "--version")[1].startswith("vit-explain, version ")
+
+
+@pytest.mark.parametrize("method,names", [
+    ("chefer", ["a_chefer_1.npy", "a_chefer_1.png"]),
+    ("raw-attention", ["a_raw_attention_last.npy", "a_raw_attention_last.png", "a_raw_attention_last_heads.png"]),
+])
+def test_more_methods_write_their_outputs(tiny_model_dir, tmp_path, capsys, method, names):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path / "a.png"), "--method", method,
+                       "--category_index", 1, "--output-dir", out, *tiny(tiny_model_dir))
+    assert code == 0, err
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["manifest.json"])
+    if method == "raw-attention":  # three heads tiled 2 x 2
+        heads = cv2.imread(str(out / "a_raw_attention_last_heads.png"))
+        assert heads.shape[0] > 48 and heads.shape[1] > 64 * 2
+
+
+def test_compat_applies_to_rollout_methods_only(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path), "--method", "chefer",
+                       "--compat", "vit-explain", *tiny(tiny_model_dir))
+    assert code == 2 and "--compat" in error_lines(err)[0]

@@ -1,4 +1,8 @@
-"""What every attention explainer shares: validation, recording, layout, mask shaping."""
+"""What every attention explainer shares: validation, recording, layout, mask shaping.
+
+What differs between architectures (input sizes, how attention is recorded, prefix tokens,
+pooling, grid) is asked of the explainer's `adapter` (see `adapters.py`), chosen per model.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +12,9 @@ import torch
 from torch import nn
 
 from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
-from ..recording import AttentionRecorder, find_attention_modules, resolve_targets
-from .layout import TokenLayout, check_input, token_layout
+from ..recording import resolve_targets
+from .adapters import Adapter, adapter_for
+from .layout import TokenLayout
 
 COMPAT_MODES = (None, "vit-explain")
 
@@ -38,7 +43,8 @@ class AttentionExplainer:
         check_discard_ratio(discard_ratio)
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be None or 'vit-explain'; got {compat!r}")
-        find_attention_modules(model, attention_layer_name)  # fail at construction, not at the first call
+        # picks timm ViT-style / CaiT / Hugging Face; fails at construction, not at the first call
+        self.adapter: Adapter = adapter_for(model, attention_layer_name)
         self.model = model
         self.attention_layer_name = attention_layer_name
         self.head_fusion = head_fusion
@@ -51,10 +57,10 @@ class AttentionExplainer:
 
     def record(self, input_tensor: torch.Tensor, category_index=None):
         """Run the model once: (attentions, gradients or None, logits, targets, layout)."""
-        check_input(self.model, input_tensor)
+        self.adapter.check_input(input_tensor)
         param = next(self.model.parameters(), None)
         x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
-        with AttentionRecorder(self.model, self.attention_layer_name, gradients=self.needs_gradients) as rec:
+        with self.adapter.recorder(gradients=self.needs_gradients) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradients = None
@@ -62,7 +68,7 @@ class AttentionExplainer:
                 gradients = [g.detach() for g in rec.attention_gradients(logits, targets)]
             attentions = [a.detach() for a in rec.attentions]
         check_attention_shapes(self.model, attentions, x.shape[0])
-        layout = token_layout(self.model, tuple(x.shape[-2:]), attentions[0].shape[-1])
+        layout = self.adapter.layout(tuple(x.shape[-2:]), attentions[0].shape[-1])
         if self.compat:
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
         return attentions, gradients, logits.detach(), targets, layout
@@ -75,7 +81,7 @@ class AttentionExplainer:
         return Explanation(masks, logits, targets)
 
     def attention_block_count(self) -> int:
-        return len(find_attention_modules(self.model, self.attention_layer_name))
+        return self.adapter.block_count()
 
     def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
         """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
