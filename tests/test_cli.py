@@ -260,3 +260,15 @@ def test_compat_applies_to_rollout_methods_only(tiny_model_dir, tmp_path, capsys
     code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path), "--method", "chefer",
                        "--compat", "vit-explain", *tiny(tiny_model_dir))
     assert code == 2 and "--compat" in error_lines(err)[0]
+
+
+def test_grad_cam_and_a_layer_the_model_lacks(tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    image = files.write_rgb(tmp_path / "a.png")
+    code, _, err = run(capsys, "--image_path", image, "--method", "grad-cam", "--target-layer", "blocks.0.norm1",
+                       "--category_index", 2, "--output-dir", out, *tiny(tiny_model_dir))
+    assert code == 0, err
+    assert np.load(out / "a_grad_cam_2_blocks_0_norm1.npy").shape == (4, 4)
+    code, _, err = run(capsys, "--image_path", image, "--method", "grad-cam", "--target-layer", "blocks.9.norm1",
+                       "--output-dir", out, *tiny(tiny_model_dir))
+    assert code == 2 and "no module named 'blocks.9.norm1'" in error_lines(err)[0]

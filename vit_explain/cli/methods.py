@@ -53,6 +53,6 @@ METHODS = {
     "chefer": MethodSpec(_chefer, lambda o, c: f"chefer_{c}", class_specific=True),
     "raw-attention": MethodSpec(_raw, lambda o, c: "raw_attention_last" if o.layer == -1 else f"raw_attention_layer{o.layer}", class_specific=False),
     "flow": MethodSpec(_flow, lambda o, c: "attention_flow", class_specific=False),
-    "grad-cam": MethodSpec(_grad_cam, lambda o, c: f"grad_cam_{c}" + (f"_{o.target_layer}" if o.target_layer else ""),
+    "grad-cam": MethodSpec(_grad_cam, lambda o, c: f"grad_cam_{c}" + (f"_{o.target_layer.replace('.', '_')}" if o.target_layer else ""),
                            class_specific=True),
 }

@@ -60,7 +60,10 @@ def build_explainer(options: Options, model):
     try:
         return METHODS[options.method].build(options, model)
     except ValueError as error:
-        raise CommandError(str(error), EXIT_MODEL) from None
+        # a layer the user named that the model lacks is a command-line mistake
+        chosen = (options.method == "grad-cam" and options.target_layer) or (
+            options.method == "raw-attention" and options.layer != -1)
+        raise CommandError(str(error), EXIT_USAGE if chosen else EXIT_MODEL) from None
 
 
 def top_classes(logits: torch.Tensor, names: list[str], k: int) -> list[dict]:
