@@ -23,23 +23,26 @@ its Dinic search). Every capacity is therefore rint(S * c) with S = DEFAULT_SCAL
 edge exceeds S (Q <= 1, readout <= 1), and a flow is at most the source's capacity,
 sum_i rint(S * readout_i) <= S + N / 2 < 2**31 - 1, so nothing overflows, with a factor of ~2 to
 spare. Dinic's running time does not depend on the capacities' size (measured: S = 1e7 and 2**30
-run equally fast), so the largest safe S is free. The values are nowhere near 0.5 / S for real
-models (the smallest Q entry is ~1e-4 for deit_tiny: (W + I) / 2 keeps every entry away from 0),
-so in practice no edge is dropped.
+run equally fast), so the largest safe S costs nothing. Q entries are nowhere near 0.5 / S
+(the smallest is ~4e-5 for deit_tiny with qkv x4: (W + I) / 2 keeps entries away from 0), so in
+practice no edge is dropped.
 
 Error bound: each capacity moves by at most 0.5 / S, so every cut's capacity moves by at most
 |cut| * 0.5 / S, and the max flow (the smallest cut) moves by at most
 max(|C|, |C'|) * 0.5 / S, where C and C' are minimum cuts of the exact and of the rounded
-problem and |C| counts their edges; at most #edges * 0.5 / S in all (deit_tiny: 388k edges,
-1.8e-4 -- a gross overestimate). tests/test_flow.py checks the cut bound at a small S (where the
-error is visible), and against networkx's preflow-push on float capacities the normalised rows
-agree to ~1e-9 at the default S (measured on a 3-block, 17-token model).
+problem and |C| counts their edges; never more than #edges * 0.5 / S (deit_tiny: 388k edges,
+1.8e-4, a gross overestimate: its minimum cuts have 197 edges, the source's or the sink's, so
+9e-8). Measured
+against networkx's preflow-push on float capacities (3 blocks, 17 tokens, min cuts of 17-33
+edges, bound 1.5e-8): raw flows differ by <= 4e-9, the normalised rows by <= 1.5e-10.
+tests/test_flow.py checks the cut bound at S = 50 and 1000, where the error is visible.
 
-Speed: scipy's Dinic takes ~10 ms per sink on deit_tiny (197 tokens, 12 blocks, ~390k edges),
-most of it spent re-deriving reverse edges inside maximum_flow, which cannot be skipped through
-scipy's API; ~2 s per image on one CPU core (benchmarks/bench_flow.py). Edmonds-Karp is ~150x
-slower here; networkx's preflow-push needs 8-10 minutes. A max-flow solver is inherently per
-sample, so the batch is a Python loop.
+Speed: scipy's Dinic takes ~8-15 ms per sink on deit_tiny (197 tokens, 12 blocks, ~390k
+edges), ~40% of it in the two transposes maximum_flow makes to add reverse edges on every call
+(scipy's API cannot skip them): 1.6-3 s per image in all, on one core of a shared 2-core CPU at
+load average 3-5 (benchmarks/bench_flow.py). Edmonds-Karp is ~150x slower here; networkx's
+preflow-push needs ~10 minutes. A max-flow solver is inherently per sample, so the batch is a
+Python loop (a 2-process pool over the sinks did not pay on a shared 2-core machine).
 """
 from __future__ import annotations
 
@@ -50,15 +53,19 @@ import torch
 from scipy.sparse import csr_matrix
 from scipy.sparse.csgraph import maximum_flow
 
-from .rollout import mixing_matrix
-
 DEFAULT_SCALE = 2 ** 30
 INT32_MAX = 2 ** 31 - 1
 
 
-def flow_capacities(attentions: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """(B, H, N, N) per block -> Q = (mean_h A + I) / 2, rows renormalised: (B, N, N) float64 per block."""
-    return [mixing_matrix(a.double().mean(dim=1), 0.0) for a in attentions]
+def flow_capacities(attentions: Sequence[torch.Tensor], sample: int) -> np.ndarray:
+    """Q = (mean_h A + I) / 2, rows renormalised, for one sample: (L, N, N) float64 in forward order.
+
+    attentions: post-softmax (B, H, N, N) per block. Computed in numpy, where the solver works:
+    torch's thread pool made these small ops take seconds on a CPU shared with other processes.
+    """
+    fused = np.stack([_float64(a[sample]).mean(axis=0) for a in attentions])
+    mixed = (fused + np.eye(fused.shape[-1])) / 2
+    return mixed / mixed.sum(axis=-1, keepdims=True)
 
 
 def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
@@ -69,14 +76,25 @@ def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
     readout:    (B, N) or (B, 1, N) source capacities over the last layer's tokens: one-hot at the
                 class token, or 1/num_patches on every patch for average-pooled models.
     scale:      integer scale S of the capacities (see the module docstring for the error bound).
+    method:     scipy's "dinic" (default) or "edmonds_karp" (~150x slower on these graphs).
     """
-    capacities = torch.stack(flow_capacities(attentions), dim=1).cpu().numpy()  # (B, L, N, N)
-    weights = readout.reshape(readout.shape[0], -1).double().cpu().numpy()       # (B, N)
-    if weights.shape != (capacities.shape[0], capacities.shape[-1]):
-        raise ValueError(f"readout must hold one weight per token, (B={capacities.shape[0]}, "
-                         f"N={capacities.shape[-1]}); got {tuple(readout.shape)}")
-    rows = np.stack([_flow_row(c, w, scale, method) for c, w in zip(capacities, weights)])
+    batch, _, n, _ = attentions[0].shape
+    weights = _float64(readout).reshape(readout.shape[0], -1)
+    if weights.shape != (batch, n):
+        raise ValueError(f"readout must hold one weight per token, (B={batch}, N={n}); got {tuple(readout.shape)}")
+    rows = np.zeros((batch, n))
+    for b in range(batch):                                 # one max-flow problem set per sample
+        flows = max_flow_values(flow_capacities(attentions, b), weights[b], scale, method)
+        total = flows.sum()
+        rows[b] = flows / total if total > 0 else flows
     return torch.from_numpy(rows).to(attentions[0].device)
+
+
+def _float64(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype not in (torch.float32, torch.float64):  # half, bfloat16: no numpy counterpart
+        tensor = tensor.float()
+    return tensor.numpy().astype(np.float64)
 
 
 def integer_capacities(values: np.ndarray, scale: float) -> np.ndarray:
@@ -101,29 +119,29 @@ def max_flow_values(capacities: np.ndarray, weights: np.ndarray, scale: float = 
 
     # Node ids: (l, i) -> (l - 1) * n + i for l = 1..L; T (all of layer 0) = L * n; super-source after it.
     sink = blocks * n
-    rows, cols, data = [], [], []
+    edges = []                                             # (tails, heads, integer capacities)
     top = np.flatnonzero(source_caps)
-    if top.size == 1:                                      # one-hot readout: (L, cls) is the source
+    if top.size == 1:
+        # One-hot readout: (L, cls) itself is the source, as in the paper (its weight is moot: the
+        # node's out-capacity is sum_j Q_L[cls, j] = 1 anyway).
         source = (blocks - 1) * n + int(top[0])
     else:
         source = sink + 1
-        rows.append(np.full(top.size, source)), cols.append((blocks - 1) * n + top), data.append(source_caps[top])
+        edges.append((np.full(top.size, source), (blocks - 1) * n + top, source_caps[top]))
     reached = np.zeros(n, dtype=bool)
     reached[top] = True
     for layer in range(blocks, 1, -1):                     # block `layer`: (layer, i) -> (layer - 1, j)
         block = caps[layer - 1]
-        i, j = np.nonzero(block * reached[:, None])        # only rows the source can reach
-        rows.append((layer - 1) * n + i), cols.append((layer - 2) * n + j), data.append(block[i, j])
+        i, j = np.nonzero(block * reached[:, None])        # rows the source reaches, capacities > 0
+        edges.append(((layer - 1) * n + i, (layer - 2) * n + j, block[i, j]))
         reached = np.zeros(n, dtype=bool)
         reached[j] = True
-    first = np.flatnonzero(reached)                        # layer-1 nodes: one edge each to T
-    rows.append(first), cols.append(np.full(first.size, sink)), data.append(np.ones(first.size, np.int64))
-    size = sink + 2
-    graph = csr_matrix((np.concatenate(data).astype(np.int32),
-                        (np.concatenate(rows), np.concatenate(cols))), shape=(size, size))
-    graph.sum_duplicates()
+    first = np.flatnonzero(reached)                        # layer-1 nodes: one edge each to T,
+    edges.append((first, np.full(first.size, sink), np.ones(first.size, np.int64)))  # set per token
+    tails, heads, data = (np.concatenate(part) for part in zip(*edges))
+    graph = csr_matrix((data.astype(np.int32), (tails, heads)), shape=(sink + 2, sink + 2))
     graph.sort_indices()
-    slots = graph.indptr[first]                            # the (1, i) -> T entries, one per row
+    slots = graph.indptr[first]                            # where the (1, i) -> T capacities sit
 
     flows = np.zeros(n, dtype=np.float64)
     if first.size == 0:
@@ -135,9 +153,3 @@ def max_flow_values(capacities: np.ndarray, weights: np.ndarray, scale: float = 
         graph.data[slots] = incoming
         flows[token] = maximum_flow(graph, source, sink, method=method).flow_value / scale
     return flows
-
-
-def _flow_row(capacities: np.ndarray, weights: np.ndarray, scale: float, method: str) -> np.ndarray:
-    flows = max_flow_values(capacities, weights, scale, method)
-    total = flows.sum()
-    return flows / total if total > 0 else flows

@@ -10,8 +10,8 @@ class VITAttentionFlow(AttentionExplainer):
     capacities of a layered graph; a token's relevance is the max flow from the classifier's
     readout (the class token, or every patch with capacity 1/num_patches for average-pooled
     models) down to that input token. Exact, on scipy's max-flow solver (capacities scaled to
-    integers by 2**30, see vit_explain/math/flow.py); ~2 s per deit_tiny image on one CPU core,
-    one image after the other.
+    integers by 2**30, see vit_explain/math/flow.py); 1.6-3 s per deit_tiny image on one CPU
+    core, one image after the other.
 
     `VITAttentionFlow(model)(input_tensor)` returns a float32 numpy mask over the patch grid,
     (gh, gw) for one image or (B, gh, gw) for a batch. Class-agnostic, without head fusion or
