@@ -1,8 +1,8 @@
 """vit-explain: where did the Vision Transformer look?"""
 from ._version import __version__
 
-__all__ = ["Explanation", "VITAttentionGradRollout", "VITAttentionRollout", "VITGradWeightedAttention",
-           "VITRawAttention", "__version__"]
+__all__ = ["Explanation", "VITAttentionFlow", "VITAttentionGradRollout", "VITAttentionRollout", "VITGradCAM",
+           "VITGradWeightedAttention", "VITRawAttention", "__version__"]
 
 
 def __getattr__(name: str):

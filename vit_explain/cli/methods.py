@@ -34,12 +34,12 @@ def _raw(o, model):
 
 
 def _flow(o, model):
-    from ..methods.flow import VITAttentionFlow
+    from ..methods import VITAttentionFlow
     return VITAttentionFlow(model)
 
 
 def _grad_cam(o, model):
-    from ..methods.gradcam import VITGradCAM
+    from ..methods import VITGradCAM
     return VITGradCAM(model, target_layer=o.target_layer)
 
 
