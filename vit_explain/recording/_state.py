@@ -15,8 +15,7 @@ from torch import nn
 from .recorder import target_score
 
 HOOK_DICTS = ("_forward_hooks", "_forward_pre_hooks", "_backward_hooks", "_backward_pre_hooks",
-              "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs",
-              "_state_dict_hooks", "_load_state_dict_pre_hooks")
+              "_forward_hooks_with_kwargs", "_forward_hooks_always_called", "_forward_pre_hooks_with_kwargs")
 
 
 class ModelState:

@@ -46,10 +46,11 @@ from ._state import ModelState, gradients_of, run_forward
 
 
 def is_cait(model: nn.Module) -> bool:
-    """A timm CaiT-style model: talking-heads self-attention blocks and class-attention blocks."""
+    """A timm CaiT-style model: talking-heads self-attention `blocks` (with `attn.proj_w`) and
+    class-attention `blocks_token_only`."""
     blocks = getattr(model, "blocks", None)
     token_blocks = getattr(model, "blocks_token_only", None)
-    if blocks is None or not token_blocks:
+    if not isinstance(blocks, nn.Module) or not len(blocks) or not isinstance(token_blocks, nn.Module):
         return False
     return all(isinstance(getattr(getattr(b, "attn", None), "proj_w", None), nn.Module) for b in blocks) and \
         all(isinstance(getattr(getattr(b, "attn", None), "attn_drop", None), nn.Module) for b in token_blocks)
@@ -83,7 +84,8 @@ class CaitAttentionRecorder:
     rec.attentions: one (B, H, 1 + P, 1 + P) tensor per block (self-attention blocks, then
     class-attention blocks), embedded as the module docstring describes;
     rec.attention_gradients(logits, targets): dL/dA for each, embedded the same way;
-    rec.self_attentions (B, H, P, P) and rec.class_attentions (B, H, 1, 1 + P): as recorded.
+    rec.self_attentions (B, H, P, P) and rec.class_attentions (B, H, 1, 1 + P): as recorded
+    (rec.proj_w_inputs: the self-attention as the autograd graph holds it, (B, P, P, H)).
     The model is handed back as it came: training flags, fused flags, requires_grad, hooks.
     """
 
@@ -165,6 +167,12 @@ class CaitAttentionRecorder:
                                    "vit-explain knows")
 
     @property
+    def proj_w_inputs(self) -> list[torch.Tensor]:
+        """(B, P, P, H) the tensors each self-attention block's proj_w received: the softmax,
+        permuted; these (not a permuted copy) are in the autograd graph."""
+        return [self._self_raw[i] for i in range(len(self._self_raw))]
+
+    @property
     def self_attentions(self) -> list[torch.Tensor]:
         """(B, H, P, P) true softmax of every self-attention block, in block order."""
         return [self._self_raw[i].permute(0, 3, 1, 2) for i in range(len(self._self_raw))]
@@ -189,7 +197,7 @@ class CaitAttentionRecorder:
         """
         if not self.gradients:
             raise RuntimeError("CaitAttentionRecorder was created with gradients=False")
-        raws = [self._self_raw[i] for i in range(len(self._self_raw))] + self.class_attentions
+        raws = self.proj_w_inputs + self.class_attentions
         grads = gradients_of(logits, targets, raws)
         count = len(self._self_raw)
         return [embed_self_attention(g.permute(0, 3, 1, 2), corner=0.0) for g in grads[:count]] + \
