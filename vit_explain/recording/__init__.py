@@ -8,8 +8,8 @@ logits = rec.forward(x); rec.attentions; rec.attention_gradients(logits, targets
 """
 from .cait import CaitAttentionRecorder, embed_class_attention, embed_self_attention, is_cait
 from .huggingface import HuggingFaceAttentionRecorder, is_huggingface_model
-from .recorder import (DEFAULT_ATTENTION_LAYER, AttentionRecorder, find_attention_modules,
-                       resolve_targets, target_score)
+from .recorder import DEFAULT_ATTENTION_LAYER, AttentionRecorder, find_attention_modules
+from .targets import resolve_targets, target_score
 
 __all__ = ["DEFAULT_ATTENTION_LAYER", "AttentionRecorder", "CaitAttentionRecorder",
            "HuggingFaceAttentionRecorder", "embed_class_attention", "embed_self_attention",

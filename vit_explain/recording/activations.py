@@ -11,7 +11,8 @@ import difflib
 import torch
 from torch import nn
 
-from .recorder import target_score
+from ._state import ModelState
+from .targets import target_score
 
 DEFAULT_TARGET_SUFFIX = "norm1"
 
@@ -74,16 +75,11 @@ class ActivationRecorder:
         self.activation: torch.Tensor | None = None
         self._calls = 0
         self._handles = []
-        self._saved_training: dict[nn.Module, bool] = {}
-        self._saved_requires_grad: dict[nn.Parameter, bool] = {}
+        self._state = ModelState(model, freeze=True)
 
     def __enter__(self) -> "ActivationRecorder":
         try:
-            self._saved_training = {m: m.training for m in self.model.modules()}
-            self.model.eval()
-            self._saved_requires_grad = {p: p.requires_grad for p in self.model.parameters()}
-            for p in self._saved_requires_grad:
-                p.requires_grad_(False)
+            self._state.save()
             self._handles.append(self.module.register_forward_hook(self._record))
         except BaseException:
             self._restore()
@@ -97,11 +93,7 @@ class ActivationRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for p, flag in self._saved_requires_grad.items():
-            p.requires_grad_(flag)
-        for module, flag in self._saved_training.items():
-            module.training = flag
-        self._saved_requires_grad, self._saved_training = {}, {}
+        self._state.restore()
 
     def _record(self, module, inputs, output):
         if not torch.is_tensor(output):

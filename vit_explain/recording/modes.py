@@ -5,13 +5,14 @@ import contextlib
 
 from torch import nn
 
+from ._state import ModelState
+
 
 @contextlib.contextmanager
 def eval_mode(model: nn.Module):
-    saved = {module: module.training for module in model.modules()}
-    model.eval()
+    state = ModelState(model, freeze=False)
+    state.save()
     try:
         yield model
     finally:
-        for module, flag in saved.items():
-            module.training = flag
+        state.restore()

@@ -7,11 +7,10 @@ requires_grad of the parameters and train/eval mode of every submodule.
 """
 from __future__ import annotations
 
-import numbers
-from typing import Sequence
-
 import torch
 from torch import nn
+
+from ._state import ModelState, gradients_of, run_forward
 
 DEFAULT_ATTENTION_LAYER = "attn_drop"
 
@@ -54,23 +53,16 @@ class AttentionRecorder:
         self.modules = find_attention_modules(model, attention_layer_name)
         self.attentions: list[torch.Tensor] = []
         self._handles = []
-        self._saved_training: dict[nn.Module, bool] = {}
+        self._state = ModelState(model, freeze=gradients)
         self._saved_fused: dict[nn.Module, bool] = {}
-        self._saved_requires_grad: dict[nn.Parameter, bool] = {}
 
     def __enter__(self) -> "AttentionRecorder":
         try:
-            self._saved_training = {m: m.training for m in self.model.modules()}
-            self.model.eval()
+            self._state.save()
             for _, _, parent in self.modules:
                 if isinstance(getattr(parent, "fused_attn", None), bool):
                     self._saved_fused[parent] = parent.fused_attn
                     parent.fused_attn = False
-            if self.gradients:
-                # Only activation gradients are needed: frozen weights save backward time.
-                self._saved_requires_grad = {p: p.requires_grad for p in self.model.parameters()}
-                for p in self._saved_requires_grad:
-                    p.requires_grad_(False)
             for _, module, _ in self.modules:
                 self._handles.append(module.register_forward_hook(self._record))
         except BaseException:
@@ -85,13 +77,10 @@ class AttentionRecorder:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
-        for p, flag in self._saved_requires_grad.items():
-            p.requires_grad_(flag)
         for parent, flag in self._saved_fused.items():
             parent.fused_attn = flag
-        for module, flag in self._saved_training.items():
-            module.training = flag
-        self._saved_requires_grad, self._saved_fused, self._saved_training = {}, {}, {}
+        self._saved_fused = {}
+        self._state.restore()
 
     def _record(self, module, inputs, output) -> None:
         self.attentions.append(output)
@@ -99,13 +88,7 @@ class AttentionRecorder:
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
         """Run the model, recording attention (with a graph when gradients are wanted)."""
         self.attentions = []
-        if not self.gradients:
-            with torch.no_grad():
-                logits = self.model(input_tensor)
-        else:
-            with torch.inference_mode(False), torch.enable_grad():
-                x = input_tensor.clone() if input_tensor.is_inference() else input_tensor.detach()
-                logits = self.model(x.requires_grad_(True))
+        logits = run_forward(self.model, input_tensor, self.gradients)
         if not self.attentions:
             raise RuntimeError(
                 f"{type(self.model).__name__} never called its attention modules "
@@ -122,40 +105,4 @@ class AttentionRecorder:
         """
         if not self.gradients:
             raise RuntimeError("AttentionRecorder was created with gradients=False")
-        with torch.inference_mode(False), torch.enable_grad():
-            # clone: targets chosen under inference_mode would be inference tensors
-            score = target_score(logits, torch.as_tensor(targets, device=logits.device).clone())
-            grads = torch.autograd.grad(score, self.attentions, allow_unused=True)
-        return [torch.zeros_like(a) if g is None else g for a, g in zip(self.attentions, grads)]
-
-
-def resolve_targets(logits: torch.Tensor, category_index=None) -> torch.Tensor:
-    """The class to explain for each sample: (B,) long.
-
-    None means each sample's predicted class; an int applies to all samples; a sequence or
-    tensor gives one per sample.
-    """
-    batch, num_classes = logits.shape
-    if category_index is None:
-        return logits.argmax(dim=-1)
-    if isinstance(category_index, numbers.Integral) or getattr(category_index, "ndim", None) == 0:
-        targets = torch.full((batch,), int(category_index), dtype=torch.long)
-    else:
-        targets = torch.as_tensor(list(category_index) if not torch.is_tensor(category_index)
-                                  else category_index, dtype=torch.long).flatten()
-        if targets.numel() != batch:
-            raise ValueError(
-                f"category_index has {targets.numel()} entries but the batch has {batch} samples"
-            )
-    bad = targets[(targets < 0) | (targets >= num_classes)]
-    if bad.numel():
-        raise ValueError(
-            f"category_index {int(bad[0])} is out of range: the model has {num_classes} classes "
-            f"(0..{num_classes - 1})"
-        )
-    return targets.to(logits.device)
-
-
-def target_score(logits: torch.Tensor, targets: Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Sum over the batch of each sample's target logit (samples do not interact)."""
-    return logits.gather(1, torch.as_tensor(targets, device=logits.device).view(-1, 1)).sum()
+        return gradients_of(logits, targets, self.attentions)
