@@ -75,7 +75,9 @@ class AttentionExplainer:
 
     def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
         attentions, gradients, logits, targets, layout = self.record(input_tensor, category_index)
-        with torch.no_grad():
+        # Under a caller's autocast only the model runs in low precision; the relevance math
+        # stays in the attention's own dtype.
+        with torch.no_grad(), torch.autocast(attentions[0].device.type, enabled=False):
             relevance = self.relevance(attentions, gradients, layout)
             masks = scale_to_max(tokens_to_grid(relevance, layout.num_prefix, layout.grid).float())
         return Explanation(masks, logits, targets)
