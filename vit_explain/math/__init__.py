@@ -3,11 +3,11 @@ from .fusion import (HEAD_FUSIONS, check_discard_ratio, check_head_fusion, disca
                      presoftmax_gradient)
 from .grid import readout_rows, scale_to_max, tokens_to_grid
 from .rollout import (attention_rollout, compat_attention_rollout, compat_gradient_rollout,
-                      gradient_rollout, gradient_weighted_attention, mixing_matrix, propagate,
+                      gradient_rollout, gradient_weighted_attention, push_rows,
                       raw_attention)
 
 __all__ = [
     "HEAD_FUSIONS", "check_discard_ratio", "check_head_fusion", "attention_rollout", "compat_attention_rollout", "compat_gradient_rollout",
-    "discard_lowest", "fuse_heads", "gradient_rollout", "gradient_weighted_attention", "raw_attention", "mixing_matrix", "presoftmax_gradient",
-    "propagate", "readout_rows", "scale_to_max", "tokens_to_grid",
+    "discard_lowest", "fuse_heads", "gradient_rollout", "gradient_weighted_attention", "raw_attention", "presoftmax_gradient",
+    "push_rows", "readout_rows", "scale_to_max", "tokens_to_grid",
 ]

@@ -1,4 +1,5 @@
 """Per-block operations on attention maps: head fusion and discarding weak entries."""
+import numpy as np
 import torch
 
 HEAD_FUSIONS = ("mean", "max", "min")
@@ -26,24 +27,29 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
     return attention.amin(dim=1)
 
 
+def lowest_values(flat: torch.Tensor, count: int) -> torch.Tensor:
+    """(B, M) -> (B, 1): each row's count-th smallest value (a linear-time selection)."""
+    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
+        # numpy's introselect is ~2x faster than torch's kthvalue/topk on the CPU
+        values = np.partition(flat.detach().numpy(), count - 1, axis=-1)[:, count - 1:count]
+        return torch.from_numpy(values)
+    return flat.kthvalue(count, dim=-1, keepdim=True).values
+
+
 def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:
     """Zero the int(N*N*discard_ratio) smallest entries of every sample's (N, N) map.
 
-    With protect_first the flat index 0 (the class token's attention to itself) is kept
-    even when it is among the smallest, as the original rollout did.
+    Entries tied with the last one discarded go with it (ties of equal positive attention are
+    otherwise broken arbitrarily; ties at zero change nothing). With protect_first the flat
+    index 0 (the class token's attention to itself) is kept even when it is among the smallest,
+    as the original rollout did.
     """
     batch, n, _ = fused.shape
     count = int(n * n * discard_ratio)
     if count == 0:
         return fused
     flat = fused.reshape(batch, n * n)
-    # topk is fast for small k: select whichever side of the split is smaller.
-    if count <= n * n - count:
-        _, lowest = flat.topk(count, dim=-1, largest=False)
-        keep = torch.ones_like(flat, dtype=torch.bool).scatter_(1, lowest, False)
-    else:
-        _, highest = flat.topk(n * n - count, dim=-1, largest=True)
-        keep = torch.zeros_like(flat, dtype=torch.bool).scatter_(1, highest, True)
+    keep = flat > lowest_values(flat, count)
     if protect_first:
         keep[:, 0] = True
     return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)

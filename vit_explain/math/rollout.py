@@ -1,8 +1,11 @@
 """Attention rollout and gradient rollout, batch-first, as design.md defines them.
 
-Rollout multiplies per-block mixing matrices M_L ... M_1; only a few rows of the product
-are ever read (the class token's, or the mean over patches), so the rows are pushed
-through the blocks from the last to the first: O(N^2) per block instead of O(N^3).
+Rollout multiplies per-block mixing matrices M_L ... M_1 with M = (F' + I)/2, rows renormalised
+(F' the fused attention after the discard). Only a few rows of the product are ever read (the
+class token's, or the mean over the patches), so those rows are pushed through the blocks from
+the last to the first, and M is never built: with c = rowsum(F') + 1,
+    r M = (r / c) F' + r / c.
+That is O(N^2) per block instead of O(N^3), with no N x N temporaries beyond F'.
 """
 from typing import Sequence
 
@@ -11,57 +14,49 @@ import torch
 from .fusion import discard_lowest, fuse_heads, presoftmax_gradient
 
 
-def mixing_matrix(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True,
-                  column_sums: bool = False) -> torch.Tensor:
-    """(B, N, N) fused attention -> (F' + I) / 2 with rows renormalised.
+def push_rows(rows: torch.Tensor, fused: torch.Tensor, column_sums: bool = False) -> torch.Tensor:
+    """rows (B, K, N) @ M for M = (fused + I) / 2 with rows renormalised.
 
-    column_sums reproduces the original vit-explain, which divided by the row sums
-    broadcast along the columns (entry [i, j] divided by the sum of row j).
+    column_sums reproduces the original vit-explain, which divided by the row sums broadcast
+    along the columns (entry [i, j] divided by the sum of row j): r M = (r F' + r) / c.
     """
-    fused = discard_lowest(fused, discard_ratio, protect_first)
-    n = fused.shape[-1]
-    eye = torch.eye(n, dtype=fused.dtype, device=fused.device)
-    mixed = (fused + eye) / 2
-    sums = mixed.sum(dim=-1)
-    return mixed / (sums.unsqueeze(-2) if column_sums else sums.unsqueeze(-1))
-
-
-def propagate(readout: torch.Tensor, mixings: Sequence[torch.Tensor]) -> torch.Tensor:
-    """readout (B, K, N) @ M_L @ ... @ M_1 for mixings given in forward order."""
-    rows = readout
-    for mixing in reversed(mixings):
-        rows = torch.bmm(rows, mixing)
-    return rows
+    c = (fused.sum(dim=-1) + 1).unsqueeze(1)  # (B, 1, N): twice the row sums of (F' + I)/2
+    if column_sums:
+        return (torch.bmm(rows, fused) + rows) / c
+    scaled = rows / c
+    return torch.bmm(scaled, fused) + scaled
 
 
 def attention_rollout(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """Relevance of every input token for the readout rows: (B, K, N)."""
-    mixings = [mixing_matrix(fuse_heads(a, head_fusion), discard_ratio) for a in attentions]
-    return propagate(readout.to(attentions[0].dtype), mixings)
+    rows = readout.to(attentions[0].dtype)
+    for attention in reversed(attentions):
+        rows = push_rows(rows, discard_lowest(fuse_heads(attention, head_fusion), discard_ratio))
+    return rows
 
 
 def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
                      readout: torch.Tensor, head_fusion: str = "mean",
                      discard_ratio: float = 0.0) -> torch.Tensor:
     """Rollout of each block's attention weighted by its own dL/dA, negatives clamped after fusion."""
-    mixings = [
-        mixing_matrix(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
-        for a, g in zip(attentions, gradients, strict=True)
-    ]
-    return propagate(readout.to(attentions[0].dtype), mixings)
+    rows = readout.to(attentions[0].dtype)
+    for attention, gradient in zip(reversed(attentions), reversed(gradients), strict=True):
+        fused = fuse_heads(attention * gradient, head_fusion).clamp(min=0)
+        rows = push_rows(rows, discard_lowest(fused, discard_ratio))
+    return rows
 
 
 def gradient_weighted_attention(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
                                 readout: torch.Tensor) -> torch.Tensor:
     """Chefer et al., ICCV 2021 (generic): R = I; R <- R + mean_h(clamp(A * dL/dA, min=0)) @ R.
 
-    Each step is R <- (I + Abar) @ R, so the read-out rows are pushed through (I + Abar_l).
+    Each step is R <- (I + Abar) @ R, so the read-out rows r become r + r @ Abar, last block first.
     """
-    n = attentions[0].shape[-1]
-    eye = torch.eye(n, dtype=attentions[0].dtype, device=attentions[0].device)
-    mixings = [eye + (a * g).clamp(min=0).mean(dim=1) for a, g in zip(attentions, gradients, strict=True)]
-    return propagate(readout.to(attentions[0].dtype), mixings)
+    rows = readout.to(attentions[0].dtype)
+    for attention, gradient in zip(reversed(attentions), reversed(gradients), strict=True):
+        rows = rows + torch.bmm(rows, (attention * gradient).clamp(min=0).mean(dim=1))
+    return rows
 
 
 def raw_attention(attention: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
@@ -79,11 +74,11 @@ def _class_row(attention: torch.Tensor) -> torch.Tensor:
 def compat_attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str,
                              discard_ratio: float) -> torch.Tensor:
     """The original vit-explain rollout, per sample: class-token row (B, N)."""
-    mixings = [
-        mixing_matrix(fuse_heads(a, head_fusion), discard_ratio, protect_first=True, column_sums=True)
-        for a in attentions
-    ]
-    return propagate(_class_row(attentions[0]), mixings)[:, 0]
+    rows = _class_row(attentions[0])
+    for attention in reversed(attentions):
+        fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio, protect_first=True)
+        rows = push_rows(rows, fused, column_sums=True)
+    return rows[:, 0]
 
 
 def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
@@ -100,8 +95,8 @@ def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Seque
                for a, g in zip(attentions, gradients, strict=True)]
     if reverse_blocks:
         weights = weights[::-1]
-    mixings = [
-        mixing_matrix((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False, column_sums=True)
-        for a, w in zip(attentions, weights)
-    ]
-    return propagate(_class_row(attentions[0]), mixings)[:, 0]
+    rows = _class_row(attentions[0])
+    for attention, weight in zip(reversed(attentions), reversed(weights)):
+        fused = discard_lowest((attention * weight).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
+        rows = push_rows(rows, fused, column_sums=True)
+    return rows[:, 0]
