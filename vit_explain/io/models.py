@@ -71,7 +71,7 @@ def load_timm(name: str, checkpoint: str | None = None) -> nn.Module:
         if not (folder / "config.json").is_file():
             raise ModelLoadError(f"{folder} is not a saved timm model folder (no config.json in it)")
         with hf_offline(True):
-            return timm.create_model(LOCAL_DIR + str(folder))
+            return timm.create_model(LOCAL_DIR + str(folder), pretrained=True)
     if not timm.is_model(name):
         raise ModelLoadError(f"unknown model {name!r}.{suggest_names(name)}")
     if checkpoint:
