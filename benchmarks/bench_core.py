@@ -1,21 +1,24 @@
-"""Cost of explaining relative to plain inference, deit_tiny on CPU.
+"""Cost of explaining relative to plain inference, deit_tiny on CPU, every method.
 
-Interleaves the explainer and its baseline in one process and reports median ratios:
-  rollout       / fused forward under no_grad                      (target <= 1.15 at B=8)
-  grad rollout  / fused forward + backward of the target logit to
-                  the input only, parameters frozen                 (target <= 1.25 at B=8)
+Interleaves each explainer with its baseline in one process and reports median ratios:
+  attention methods without gradients  / fused forward under no_grad
+        (rollout target <= 1.15 at B=8)
+  gradient methods                     / fused forward + backward of the target logit to the
+                                         input only, parameters frozen
+        (grad rollout target <= 1.25 at B=8)
 
-    python benchmarks/bench_core.py [--repeats 15] [--threads 2]
+    python benchmarks/bench_core.py [--repeats 15] [--threads 2] [--methods rollout,grad-rollout]
 """
 import argparse
-import os
-import statistics
-import time
 
 import timm
 import torch
 
-from vit_explain import VITAttentionGradRollout, VITAttentionRollout
+from common import interleaved, machine
+from vit_explain.cli.main_options import METHOD_NAMES
+from vit_explain.cli.methods import METHODS
+
+DEFAULT_METHODS = [m for m in METHOD_NAMES if m != "flow"]  # flow: see bench_flow.py
 
 
 def forward_only(model, x):
@@ -26,54 +29,36 @@ def forward_only(model, x):
 def forward_backward_to_input(model, x, target):
     frozen = [p.requires_grad_(False) for p in model.parameters()]
     x = x.detach().requires_grad_(True)
-    logits = model(x)
-    torch.autograd.grad(logits[:, target].sum(), x)
+    torch.autograd.grad(model(x)[:, target].sum(), x)
     for p in frozen:
         p.requires_grad_(True)
 
 
-def timed(fn):
-    start = time.perf_counter()
-    fn()
-    return time.perf_counter() - start
-
-
-def measure(model, batch, repeats):
-    x = torch.randn(batch, 3, 224, 224)
-    rollout = VITAttentionRollout(model, head_fusion="max", discard_ratio=0.9)
-    grad_rollout = VITAttentionGradRollout(model, discard_ratio=0.9)
-    pairs = {
-        "rollout / forward": (lambda: rollout(x), lambda: forward_only(model, x)),
-        "grad rollout / forward+backward": (lambda: grad_rollout(x, 243),
-                                            lambda: forward_backward_to_input(model, x, 243)),
-    }
-    for explain, base in pairs.values():  # warm-up
-        explain(), base()
-    ratios = {name: [] for name in pairs}
-    times = {name: [] for name in pairs}
-    for _ in range(repeats):
-        for name, (explain, base) in pairs.items():
-            t_base, t_explain = timed(base), timed(explain)
-            ratios[name].append(t_explain / t_base)
-            times[name].append((t_explain, t_base))
-    for name in pairs:
-        explain_ms = statistics.median(t[0] for t in times[name]) * 1e3
-        base_ms = statistics.median(t[1] for t in times[name]) * 1e3
-        print(f"B={batch:<2} {name:32s} ratio {statistics.median(ratios[name]):.3f} "
-              f"(explain {explain_ms:.1f} ms, baseline {base_ms:.1f} ms)")
+class Settings:  # what the CLI would pass
+    head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, timm {timm.__version__}, threads {args.threads}, "
-          f"loadavg {open('/proc/loadavg').read().split()[:3] if os.path.exists('/proc/loadavg') else '?'}")
+    print(machine())
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     for batch in (1, 8):
-        measure(model, batch, args.repeats)
+        x = torch.randn(batch, 3, 224, 224)
+        pairs = {}
+        for name in args.methods.split(","):
+            explainer = METHODS[name].build(Settings, model)
+            base = ((lambda: forward_backward_to_input(model, x, 243)) if METHODS[name].class_specific
+                    else (lambda: forward_only(model, x)))
+            pairs[name] = (lambda e=explainer: e.explain(x, 243), base)
+        for name, (ratio, t_explain, t_base) in interleaved(pairs, args.repeats).items():
+            kind = "forward+backward" if METHODS[name].class_specific else "forward"
+            print(f"B={batch:<2} {name:14s} / {kind:17s} ratio {ratio:.3f} "
+                  f"(explain {t_explain * 1e3:.1f} ms, baseline {t_base * 1e3:.1f} ms)")
 
 
 if __name__ == "__main__":

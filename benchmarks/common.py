@@ -1,0 +1,36 @@
+"""Helpers shared by the benchmark scripts: interleaved timing and a description of the machine."""
+import os
+import platform
+import statistics
+import time
+
+import torch
+
+
+def machine() -> str:
+    load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+            f"{torch.get_num_threads()}, torch {torch.__version__}, load average {' '.join(load)}")
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def interleaved(pairs: dict, repeats: int) -> dict:
+    """{name: (explain, baseline)} -> {name: (median ratio, median explain s, median baseline s)}.
+
+    Each repeat times the baseline and then the explainer back to back, so slow phases of a
+    shared machine hit both; the ratio's median is what we report.
+    """
+    for explain, base in pairs.values():  # warm-up
+        explain(), base()
+    samples = {name: [] for name in pairs}
+    for _ in range(repeats):
+        for name, (explain, base) in pairs.items():
+            t_base, t_explain = timed(base), timed(explain)
+            samples[name].append((t_explain / t_base, t_explain, t_base))
+    return {name: tuple(statistics.median(s[i] for s in values) for i in range(3))
+            for name, values in samples.items()}
