@@ -131,7 +131,7 @@ def write_samples(out: Path, seed: int, per_class: int, side: int = 192) -> None
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--steps", type=int, default=300)
     args = parser.parse_args()

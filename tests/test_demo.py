@@ -54,8 +54,4 @@ def test_rollout_peaks_on_the_object(demo, fusion):
 def test_gradient_rollout_peaks_on_the_object(demo):
     model, x, objects = demo
     maps = VITAttentionGradRollout(model, head_fusion="max", discard_ratio=0.9)(x)
-    hits = [peaks_on_object(m, o) for m, o in zip(maps, objects)]
-    assert sum(hits) >= GRAD_ROLLOUT_HITS, hits
-
-
-GRAD_ROLLOUT_HITS = 10  # of 12; measured on the shipped model, see examples/make_demo.py
+    assert [peaks_on_object(m, o) for m, o in zip(maps, objects)] == [True] * len(IMAGES)
