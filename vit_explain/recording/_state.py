@@ -45,6 +45,48 @@ class ModelState:
         self._training, self._requires_grad = {}, {}
 
 
+class RecordingSession:
+    """Base of the recorders. Entering saves the model's state (eval mode; frozen parameters for
+    gradient methods) and calls install(); leaving, or a failed install, removes the hooks
+    install() registered, switches fused attention back on and restores the state."""
+
+    def __init__(self, model: nn.Module, freeze: bool):
+        self.model = model
+        self._state = ModelState(model, freeze=freeze)
+        self._handles = []
+        self._saved_fused: dict[nn.Module, bool] = {}
+
+    def install(self) -> None:
+        """Register hooks (their handles in self._handles); unfuse() attention modules."""
+
+    def unfuse(self, module: nn.Module) -> None:
+        """Fused attention never shows its attention matrix: switch it off for the call."""
+        if isinstance(getattr(module, "fused_attn", None), bool):
+            self._saved_fused[module] = module.fused_attn
+            module.fused_attn = False
+
+    def __enter__(self):
+        try:
+            self._state.save()
+            self.install()
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        for module, flag in self._saved_fused.items():
+            module.fused_attn = flag
+        self._saved_fused = {}
+        self._state.restore()
+
+
 class HookSnapshot:
     """Remembers every module's hooks and selected instance attributes; restore() removes hooks
     added since and deletes (or resets) those attributes, so the model comes back as it was."""
@@ -62,6 +104,8 @@ class HookSnapshot:
                             for m in self.model.modules()}
 
     def restore(self) -> None:
+        if not self._hooks:  # never saved: nothing of ours to remove
+            return
         for module in self.model.modules():
             saved = self._hooks.get(module, {})
             for name in HOOK_DICTS:

@@ -11,7 +11,7 @@ import difflib
 import torch
 from torch import nn
 
-from ._state import ModelState
+from ._state import RecordingSession
 from .targets import target_score
 
 DEFAULT_TARGET_SUFFIX = "norm1"
@@ -54,7 +54,7 @@ def find_module(model: nn.Module, module_name: str) -> nn.Module:
     )
 
 
-class ActivationRecorder:
+class ActivationRecorder(RecordingSession):
     """Context manager: the output of one module and the gradient of a target score with respect to it.
 
         with ActivationRecorder(model, "blocks.11.norm1") as rec:
@@ -69,31 +69,14 @@ class ActivationRecorder:
     """
 
     def __init__(self, model: nn.Module, module_name: str):
-        self.model = model
+        super().__init__(model, freeze=True)
         self.module_name = module_name
         self.module = find_module(model, module_name)
         self.activation: torch.Tensor | None = None
         self._calls = 0
-        self._handles = []
-        self._state = ModelState(model, freeze=True)
 
-    def __enter__(self) -> "ActivationRecorder":
-        try:
-            self._state.save()
-            self._handles.append(self.module.register_forward_hook(self._record))
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._state.restore()
+    def install(self) -> None:
+        self._handles.append(self.module.register_forward_hook(self._record))
 
     def _record(self, module, inputs, output):
         if not torch.is_tensor(output):

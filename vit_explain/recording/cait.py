@@ -42,7 +42,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ._state import ModelState, gradients_of, run_forward
+from ._state import RecordingSession, gradients_of, run_forward
 
 
 def is_cait(model: nn.Module) -> bool:
@@ -78,7 +78,7 @@ def embed_class_attention(attention: torch.Tensor, diagonal: float = 1.0) -> tor
     return out
 
 
-class CaitAttentionRecorder:
+class CaitAttentionRecorder(RecordingSession):
     """Context manager: `with CaitAttentionRecorder(model, gradients=True) as rec: logits = rec.forward(x)`.
 
     rec.attentions: one (B, H, 1 + P, 1 + P) tensor per block (self-attention blocks, then
@@ -93,13 +93,10 @@ class CaitAttentionRecorder:
         if not is_cait(model):
             raise ValueError(f"{type(model).__name__} is not a CaiT model (talking-heads `blocks` with "
                              "`attn.proj_w` and class-attention `blocks_token_only`)")
-        self.model = model
+        super().__init__(model, freeze=gradients)
         self.gradients = gradients
         self.self_modules = [block.attn for block in model.blocks]
         self.class_modules = [block.attn for block in model.blocks_token_only]
-        self._state = ModelState(model, freeze=gradients)
-        self._saved_fused: dict[nn.Module, bool] = {}
-        self._handles = []
         self._self_raw: dict[int, torch.Tensor] = {}    # (B, P, P, H): proj_w's input, in the graph
         self._class_raw: dict[int, torch.Tensor] = {}   # (B, H, 1, 1 + P): attn_drop's output
         self._embedded: list[torch.Tensor] | None = None
@@ -108,33 +105,13 @@ class CaitAttentionRecorder:
     def block_count(self) -> int:
         return len(self.self_modules) + len(self.class_modules)
 
-    def __enter__(self) -> "CaitAttentionRecorder":
-        try:
-            self._state.save()
-            for module in self.class_modules:
-                if isinstance(getattr(module, "fused_attn", None), bool):
-                    self._saved_fused[module] = module.fused_attn
-                    module.fused_attn = False
-            for index, module in enumerate(self.self_modules):
-                self._handles.append(module.proj_w.register_forward_pre_hook(partial(self._record_self, index)))
-            for index, module in enumerate(self.class_modules):
-                self._handles.append(module.attn_drop.register_forward_hook(partial(self._record_class, index)))
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for module, flag in self._saved_fused.items():
-            module.fused_attn = flag
-        self._saved_fused = {}
-        self._state.restore()
+    def install(self) -> None:
+        for module in self.class_modules:
+            self.unfuse(module)
+        for index, module in enumerate(self.self_modules):
+            self._handles.append(module.proj_w.register_forward_pre_hook(partial(self._record_self, index)))
+        for index, module in enumerate(self.class_modules):
+            self._handles.append(module.attn_drop.register_forward_hook(partial(self._record_class, index)))
 
     def _record_self(self, index, module, args) -> None:
         self._self_raw[index] = args[0]

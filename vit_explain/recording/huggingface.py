@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._state import HookSnapshot, ModelState, gradients_of, run_forward
+from ._state import HookSnapshot, RecordingSession, gradients_of, run_forward
 
 # Set by transformers >= 5 on (sub)models once its output-capturing hooks are installed.
 HF_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
@@ -81,7 +81,7 @@ class AttnImplementation:
         self._saved = []
 
 
-class HuggingFaceAttentionRecorder:
+class HuggingFaceAttentionRecorder(RecordingSession):
     """Context manager: `with HuggingFaceAttentionRecorder(model, gradients=True) as rec: logits = rec.forward(x)`.
 
     rec.attentions holds one (B, H, N, N) post-softmax tensor per layer, in layer order;
@@ -93,31 +93,21 @@ class HuggingFaceAttentionRecorder:
     def __init__(self, model: nn.Module, gradients: bool = False, interpolate_pos_encoding: bool = False):
         if not is_huggingface_model(model):
             raise ValueError(f"{type(model).__name__} is not a Hugging Face transformers model")
-        self.model = model
+        super().__init__(model, freeze=gradients)
         self.gradients = gradients
         self.interpolate_pos_encoding = interpolate_pos_encoding
         self.attentions: list[torch.Tensor] = []
-        self._state = ModelState(model, freeze=gradients)
         self._hooks = HookSnapshot(model, HF_HOOK_FLAGS)
         self._attn = AttnImplementation(model)
 
-    def __enter__(self) -> "HuggingFaceAttentionRecorder":
-        try:
-            self._hooks.save()
-            self._state.save()
-            self._attn.save()
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
+    def install(self) -> None:
+        self._hooks.save()
+        self._attn.save()
 
     def _restore(self) -> None:
         self._attn.restore()
-        self._state.restore()
-        self._hooks.restore()
+        super()._restore()
+        self._hooks.restore()  # transformers adds hooks of its own on the first output_attentions call
 
     def _call(self, x: torch.Tensor) -> torch.Tensor:
         kwargs = {"output_attentions": True, "return_dict": True}

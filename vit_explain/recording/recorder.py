@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._state import ModelState, gradients_of, run_forward
+from ._state import RecordingSession, gradients_of, run_forward
 
 DEFAULT_ATTENTION_LAYER = "attn_drop"
 
@@ -39,7 +39,7 @@ def find_attention_modules(model: nn.Module, attention_layer_name: str = DEFAULT
     return found
 
 
-class AttentionRecorder:
+class AttentionRecorder(RecordingSession):
     """Context manager: `with AttentionRecorder(model, gradients=True) as rec: logits = rec.forward(x)`.
 
     rec.attentions holds one (B, H, N, N) tensor per attention call, in forward order;
@@ -48,39 +48,15 @@ class AttentionRecorder:
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER,
                  gradients: bool = False):
-        self.model = model
+        super().__init__(model, freeze=gradients)
         self.gradients = gradients
         self.modules = find_attention_modules(model, attention_layer_name)
         self.attentions: list[torch.Tensor] = []
-        self._handles = []
-        self._state = ModelState(model, freeze=gradients)
-        self._saved_fused: dict[nn.Module, bool] = {}
 
-    def __enter__(self) -> "AttentionRecorder":
-        try:
-            self._state.save()
-            for _, _, parent in self.modules:
-                if isinstance(getattr(parent, "fused_attn", None), bool):
-                    self._saved_fused[parent] = parent.fused_attn
-                    parent.fused_attn = False
-            for _, module, _ in self.modules:
-                self._handles.append(module.register_forward_hook(self._record))
-        except BaseException:
-            self._restore()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        for parent, flag in self._saved_fused.items():
-            parent.fused_attn = flag
-        self._saved_fused = {}
-        self._state.restore()
+    def install(self) -> None:
+        for _, module, parent in self.modules:
+            self.unfuse(parent)
+            self._handles.append(module.register_forward_hook(self._record))
 
     def _record(self, module, inputs, output) -> None:
         self.attentions.append(output)
