@@ -14,7 +14,7 @@ import argparse
 import timm
 import torch
 
-from common import interleaved, machine
+from common import CliDefaults, interleaved, machine
 from vit_explain.cli.main_options import METHOD_NAMES
 from vit_explain.cli.methods import METHODS
 
@@ -34,10 +34,6 @@ def forward_backward_to_input(model, x, target):
         p.requires_grad_(True)
 
 
-class Settings:  # what the CLI would pass
-    head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
@@ -51,7 +47,7 @@ def main():
         x = torch.randn(batch, 3, 224, 224)
         pairs = {}
         for name in args.methods.split(","):
-            explainer = METHODS[name].build(Settings, model)
+            explainer = METHODS[name].build(CliDefaults, model)
             base = ((lambda: forward_backward_to_input(model, x, 243)) if METHODS[name].class_specific
                     else (lambda: forward_only(model, x)))
             pairs[name] = (lambda e=explainer: e.explain(x, 243), base)

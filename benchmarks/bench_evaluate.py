@@ -11,14 +11,10 @@ import statistics
 import timm
 import torch
 
-from common import machine, timed
+from common import CliDefaults, machine, timed
 from vit_explain.cli.main_options import METHOD_NAMES
 from vit_explain.cli.methods import METHODS
 from vit_explain.methods.evaluation import deletion_insertion
-
-
-class Settings:
-    head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
 
 
 def main():
@@ -32,7 +28,7 @@ def main():
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     x = torch.randn(1, 3, 224, 224)
     for name in METHOD_NAMES:
-        result = METHODS[name].build(Settings, model).explain(x, None)
+        result = METHODS[name].build(CliDefaults, model).explain(x, None)
         seconds = statistics.median(
             timed(lambda: deletion_insertion(model, x, result.masks, result.targets, args.steps, "blur"))
             for _ in range(args.repeats))

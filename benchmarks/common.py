@@ -7,6 +7,11 @@ import time
 import torch
 
 
+class CliDefaults:
+    """The options METHODS[name].build() reads, as the vit-explain command's defaults set them."""
+    head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
+
+
 def machine() -> str:
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "

@@ -14,7 +14,7 @@ import tqdm
 from PIL import Image
 
 from .._version import __version__
-from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE, CommandError
+from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, CommandError
 from .main_options import METHOD_NAMES, model_options
 
 BASELINE_MAPS = ("random", "uniform")
@@ -59,28 +59,15 @@ class Evaluation:
                  head_fusion, discard_ratio, batch_size, output_dir, seed, quiet):
         from types import SimpleNamespace
 
-        from ..io.images import ImageError, find_inputs
-        from ..io.models import ModelLoadError, load_model
-        from ..io.outputs import OutputError, check_output_dir
         from ..io.preprocess import Preprocessor
         from .methods import METHODS
-        from .runner import resolve_device
+        from .runner import open_inputs_and_model
         self.image_path, self.masks_dir, self.steps, self.baseline = image_path, masks_dir, steps, baseline
         self.batch_size, self.output_dir, self.quiet = batch_size, output_dir, quiet
         if masks_dir is not None and not masks_dir.is_dir():
             raise CommandError(f"--masks {masks_dir} is not a folder", EXIT_INPUT)
-        try:
-            self.images, self.misnamed = find_inputs(image_path)
-        except ImageError as error:
-            raise CommandError(str(error), EXIT_INPUT) from None
-        try:
-            check_output_dir(output_dir, image_path)
-        except OutputError as error:
-            raise CommandError(str(error), EXIT_OUTPUT) from None
-        try:
-            self.model = load_model(model, hub, checkpoint, resolve_device(device))
-        except ModelLoadError as error:
-            raise CommandError(str(error), EXIT_MODEL) from None
+        self.images, self.misnamed, self.model = open_inputs_and_model(
+            image_path, output_dir, model, hub, checkpoint, device)
         options = SimpleNamespace(head_fusion=head_fusion, discard_ratio=discard_ratio, compat=None, layer=-1,
                                   target_layer=None)
         try:
@@ -112,8 +99,9 @@ class Evaluation:
         from ..math.metrics import energy_pointing, pointing_hits
         from ..methods.evaluation import deletion_insertion
         from .dataset import image_batches
+        from .runner import misnamed_message, report
         for path in self.misnamed:
-            self.report(f"{path} is named like an image but is not one PIL can read")
+            report(misnamed_message(path))
             self.failed += 1
         progress = tqdm.tqdm(total=len(self.images), unit="img", disable=self.quiet, desc="evaluating",
                              file=sys.stderr)
@@ -122,7 +110,7 @@ class Evaluation:
             good = [item for item in batch if not item["error"]]
             for item in batch:
                 if item["error"]:
-                    self.report(item["error"])
+                    report(item["error"])
                     self.failed += 1
             if good:
                 x = torch.stack([item["tensor"] for item in good]).to(device)
@@ -154,9 +142,6 @@ class Evaluation:
             return
         yield "random", torch.rand(len(x), *grid, generator=self.generator).to(x.device), targets
         yield "uniform", torch.ones(len(x), *grid, device=x.device), targets
-
-    def report(self, message: str) -> None:
-        tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
 
     def summary(self) -> list[dict]:
         names = list(self.explainers) + list(BASELINE_MAPS)

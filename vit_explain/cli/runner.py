@@ -73,22 +73,41 @@ def top_classes(logits: torch.Tensor, names: list[str], k: int) -> list[dict]:
             for p, i in zip(values, indices)]
 
 
+def report(message: str) -> None:
+    """One line on stderr that does not break the progress bar."""
+    tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
+
+
+def misnamed_message(path: Path) -> str:
+    return f"{path} is named like an image but is not one PIL can read"
+
+
+def open_inputs_and_model(image_path: Path, output_dir: Path, model: str, hub: str | None,
+                          checkpoint: str | None, device: str):
+    """(images, misnamed files, model) for a command, each failure a CommandError with its exit code.
+
+    Checked in this order so that a typo in a path fails before a slow model load.
+    """
+    try:
+        images, misnamed = find_inputs(image_path)
+    except ImageError as error:
+        raise CommandError(str(error), EXIT_INPUT) from None
+    try:
+        check_output_dir(output_dir, image_path)
+    except OutputError as error:
+        raise CommandError(str(error), EXIT_OUTPUT) from None
+    device = resolve_device(device)
+    try:
+        return images, misnamed, load_model(model, hub, checkpoint, device)
+    except ModelLoadError as error:
+        raise CommandError(str(error), EXIT_MODEL) from None
+
+
 class Run:
     def __init__(self, options: Options):
         self.options = options
-        try:
-            self.images, self.misnamed = find_inputs(options.image_path)
-        except ImageError as error:
-            raise CommandError(str(error), EXIT_INPUT) from None
-        try:
-            check_output_dir(options.output_dir, options.image_path)
-        except OutputError as error:
-            raise CommandError(str(error), EXIT_OUTPUT) from None
-        device = resolve_device(options.device)
-        try:
-            self.model = load_model(options.model, options.hub, options.checkpoint, device)
-        except ModelLoadError as error:
-            raise CommandError(str(error), EXIT_MODEL) from None
+        self.images, self.misnamed, self.model = open_inputs_and_model(
+            options.image_path, options.output_dir, options.model, options.hub, options.checkpoint, options.device)
         self.num_classes = getattr(self.model, "num_classes", None)
         if options.category_index is not None and self.num_classes and not (
                 0 <= options.category_index < self.num_classes):
@@ -126,18 +145,15 @@ class Run:
                 return False
         return all(p.exists() for p in self.outputs_for(path, category).values())
 
-    def report(self, message: str) -> None:
-        tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
-
     def fail(self, path: Path, message: str) -> None:
         self.failed += 1
-        self.report(message)
+        report(message)
         self.manifest.add({"input": str(path), "status": "failed", "error": message})
 
     def execute(self) -> int:
         o = self.options
         for path in self.misnamed:
-            self.fail(path, f"{path} is named like an image but is not one PIL can read")
+            self.fail(path, misnamed_message(path))
         pending = [p for p in self.images if not self.already_done(p)]
         self.skipped = len(self.images) - len(pending)
         workers = o.workers if o.workers is not None else (0 if len(pending) <= o.batch_size
