@@ -4,6 +4,7 @@ import torch
 
 from vit_explain.math import (attention_rollout, discard_lowest, fuse_heads, gradient_rollout,
                               readout_rows, scale_to_max, tokens_to_grid)
+from vit_explain.math.select import kth_smallest
 
 
 def literal_rollout(attention, head_fusion, ratio, grad=None):
@@ -101,3 +102,36 @@ def test_tokens_to_grid_drops_prefix_and_keeps_non_square_order():
 def test_fuse_heads_rejects_unknown_fusion():
     with pytest.raises(ValueError, match="mean, max, min"):
         fuse_heads(torch.rand(1, 2, 3, 3), "median")
+
+
+def selection_cases():
+    """Rows a strided-sample selection could get wrong: attention-like, runs of zeros, ties,
+    sorted, and rows whose sampled entries are unlike the rest (the sample's bracket misses)."""
+    g = torch.Generator().manual_seed(0)
+    attention = (torch.randn(4, 3, 97, 97, generator=g) * 3).softmax(-1)
+    clamped = (attention * torch.randn(4, 3, 97, 97, generator=g)).mean(1).clamp(min=0).flatten(1)
+    misleading = torch.rand(2, 97 * 97, generator=g) * 0.5
+    misleading[:, ::9] = 1.0  # exactly the entries a stride-9 sample reads
+    return {
+        "attention": attention.amax(1).flatten(1),
+        "zeros": clamped,
+        "ties": torch.randint(0, 5, (3, 9409), generator=g).float(),
+        "sorted": torch.arange(2 * 9409.0).view(2, 9409),
+        "misleading": misleading,
+        "float64": torch.rand(2, 9409, dtype=torch.float64, generator=g),
+        "short": torch.rand(3, 50, generator=g),
+    }
+
+
+@pytest.mark.parametrize("case", list(selection_cases()))
+def test_kth_smallest_equals_a_full_sort(case):
+    flat = selection_cases()[case]
+    size = flat.shape[1]
+    for k in (1, 2, size // 3, int(size * 0.9), size - 1, size):
+        expected = flat.sort(dim=1).values[:, k - 1:k]
+        assert torch.equal(kth_smallest(flat, k), expected), k
+
+
+def test_kth_smallest_rejects_a_rank_outside_the_row():
+    with pytest.raises(ValueError, match=r"k must be in \[1, 4\]"):
+        kth_smallest(torch.rand(1, 4), 5)

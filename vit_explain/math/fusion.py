@@ -1,6 +1,7 @@
 """Per-block operations on attention maps: head fusion and discarding weak entries."""
-import numpy as np
 import torch
+
+from .select import kth_smallest
 
 HEAD_FUSIONS = ("mean", "max", "min")
 
@@ -27,15 +28,6 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
     return attention.amin(dim=1)
 
 
-def lowest_values(flat: torch.Tensor, count: int) -> torch.Tensor:
-    """(B, M) -> (B, 1): each row's count-th smallest value (a linear-time selection)."""
-    if flat.device.type == "cpu" and flat.dtype in (torch.float32, torch.float64):
-        # numpy's introselect is ~2x faster than torch's kthvalue/topk on the CPU
-        values = np.partition(flat.detach().numpy(), count - 1, axis=-1)[:, count - 1:count]
-        return torch.from_numpy(values)
-    return flat.kthvalue(count, dim=-1, keepdim=True).values
-
-
 def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:
     """Zero the int(N*N*discard_ratio) smallest entries of every sample's (N, N) map.
 
@@ -49,7 +41,7 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: boo
     if count == 0:
         return fused
     flat = fused.reshape(batch, n * n)
-    keep = flat > lowest_values(flat, count)
+    keep = flat > kth_smallest(flat, count)
     if protect_first:
         keep[:, 0] = True
     return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)
