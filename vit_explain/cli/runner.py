@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from ..io.models import ModelLoadError, load_model
 from ..io.outputs import Manifest, OutputError, check_output_dir, output_stems, write_npy, write_png
 from ..io.overlay import compat_overlay, head_grid, overlay
 from ..io.preprocess import Preprocessor
+from ..io.writer import BackgroundWriter
 from .dataset import image_batches
 from .errors import (EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE,
                      CommandError)
@@ -124,6 +126,8 @@ class Run:
             "model": options.model, "hub": options.hub, "checkpoint": options.checkpoint,
         })
         self.explained = self.failed = self.skipped = 0
+        self._lock = threading.Lock()  # counters and manifest, shared with the writer threads
+        self._writer: BackgroundWriter | None = None
 
     def outputs_for(self, path: Path, category: int | None) -> dict[str, Path]:
         stem = self.stems[path]
@@ -146,9 +150,10 @@ class Run:
         return all(p.exists() for p in self.outputs_for(path, category).values())
 
     def fail(self, path: Path, message: str) -> None:
-        self.failed += 1
-        report(message)
-        self.manifest.add({"input": str(path), "status": "failed", "error": message})
+        with self._lock:
+            self.failed += 1
+            report(message)
+            self.manifest.add({"input": str(path), "status": "failed", "error": message})
 
     def execute(self) -> int:
         o = self.options
@@ -160,6 +165,8 @@ class Run:
                                                            else min(4, os.cpu_count() or 1))
         progress = tqdm.tqdm(total=len(pending), unit="img", disable=o.quiet or not pending,
                              desc="explaining", file=sys.stderr)
+        # images waiting to be written stay in memory: at most two batches of them
+        self._writer = BackgroundWriter(pending=2 * o.batch_size)
         try:
             for batch in image_batches(pending, self.preprocess, o.batch_size, workers):
                 good = []
@@ -172,8 +179,11 @@ class Run:
                     self.explain_batch(good)
                 progress.update(len(batch))
         finally:
-            progress.close()
-            self.manifest.save()
+            try:
+                self._writer.close()  # every finished image is written before the manifest
+            finally:
+                progress.close()
+                self.manifest.save()
         summary = f"{self.explained} explained, {self.failed} failed"
         if self.skipped:
             summary += f" ({self.skipped} skipped: outputs exist; --overwrite redoes them)"
@@ -192,8 +202,8 @@ class Run:
             return
         masks = result.masks.cpu().numpy()
         for index, item in enumerate(items):
-            self.write_outputs(item, masks[index], None if heads is None else heads[index],
-                               result.logits[index].cpu(), int(result.targets[index]))
+            self._writer.submit(self.write_outputs, item, masks[index], None if heads is None else heads[index],
+                                result.logits[index].cpu(), int(result.targets[index]))
 
     def write_outputs(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
                       logits: torch.Tensor, target: int) -> None:
@@ -214,8 +224,7 @@ class Run:
         except OSError as error:
             self.fail(path, f"{path}: cannot write outputs: {error}")
             return
-        self.explained += 1
-        self.manifest.add({
+        entry = {
             "input": str(path), "status": "explained",
             "outputs": {kind: str(p) for kind, p in outputs.items()},
             "method": o.method,
@@ -224,7 +233,10 @@ class Run:
             "mask_grid": list(mask.shape),
             "topk": top_classes(logits, self.names, o.topk) if self.names else [],
             "explained_class": {"index": target, "label": self.names[target] if self.names else str(target)},
-        })
+        }
+        with self._lock:
+            self.explained += 1
+            self.manifest.add(entry)
 
     def parameters(self) -> dict:
         o = self.options

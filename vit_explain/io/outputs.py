@@ -53,8 +53,16 @@ def atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+# Fast PNG settings: the "up" filter with run-length zlib encodes an overlay 3x faster than
+# OpenCV's default (adaptive filters, full deflate) for files 0-70% larger. Encoding was the
+# largest cost of folder mode after the model itself. IMWRITE_PNG_FILTER needs OpenCV >= 4.11.
+PNG_PARAMETERS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
+if hasattr(cv2, "IMWRITE_PNG_FILTER"):
+    PNG_PARAMETERS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
+
+
 def write_png(path: Path, image_bgr: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", image_bgr, [cv2.IMWRITE_PNG_COMPRESSION, 3])
+    ok, encoded = cv2.imencode(".png", image_bgr, PNG_PARAMETERS)
     if not ok:
         raise OSError(f"cannot encode {path.name} as PNG")
     atomic_write(path, encoded.tobytes())
