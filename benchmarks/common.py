@@ -14,7 +14,8 @@ class CliDefaults:
 
 def machine() -> str:
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus, torch threads "
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
+    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus{gpu}, torch threads "
             f"{torch.get_num_threads()}, torch {torch.__version__}, load average {' '.join(load)}")
 
 
