@@ -55,6 +55,19 @@ def test_adapter_choice(cait):
     assert VITRawAttention(cait).attention_block_count() == SELF + CLASS
     with pytest.raises(ValueError, match="layer 26 is out of range: the model has 26 attention blocks"):
         VITRawAttention(cait, layer=26)
+    # the class token joins after the self-attention blocks: its attention there would be an empty map
+    with pytest.raises(ValueError, match=f"layer 3 of Cait is a self-attention block .* from layer {SELF} to"):
+        VITRawAttention(cait, layer=3)
+    assert VITRawAttention(cait, layer=SELF).layer == SELF
+
+
+def test_average_pooled_cait_shows_raw_attention_of_the_patch_blocks(cait):
+    pooled = build_cait()
+    pooled.global_pool = "avg"  # the classifier reads the mean of the patches, there from block 0
+    mask = VITRawAttention(pooled, layer=3)(X[:1])
+    rec, _, _ = recorded(pooled, X[:1])
+    patches = rec.self_attentions[3][0].mean(0).mean(0).view(4, 4)  # heads, then the patch rows
+    np.testing.assert_allclose(mask, (patches / patches.max()).numpy(), atol=1e-6)
 
 
 def test_recorded_tensors_are_the_true_softmax_and_the_class_attention(cait):

@@ -33,7 +33,7 @@ from torch import nn
 from ..recording import DEFAULT_ATTENTION_LAYER, AttentionRecorder, find_attention_modules
 from ..recording.cait import CaitAttentionRecorder, is_cait
 from ..recording.huggingface import HuggingFaceAttentionRecorder, is_huggingface_model
-from .layout import TokenLayout, _pair, check_input, check_input_shape, token_layout
+from .layout import TokenLayout, _pair, check_input, check_input_shape, pooling_of, token_layout
 
 
 class Adapter:
@@ -55,6 +55,10 @@ class Adapter:
 
     def block_count(self) -> int:
         raise NotImplementedError
+
+    def blocks_the_readout_skips(self) -> range:
+        """Blocks in which the token the classifier reads takes no part (its row is the identity)."""
+        return range(0)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.model).__name__})"
@@ -101,6 +105,10 @@ class CaitAdapter(TimmAdapter):
 
     def block_count(self) -> int:
         return len(self.model.blocks) + len(self.model.blocks_token_only)
+
+    def blocks_the_readout_skips(self) -> range:
+        # the class token joins after the self-attention blocks; average pooling reads the patches
+        return range(len(self.model.blocks)) if pooling_of(self.model) == "token" else range(0)
 
 
 # transformers class name -> prefix tokens before the patches (the classifier reads token 0)

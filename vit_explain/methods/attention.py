@@ -37,6 +37,12 @@ class VITRawAttention(AttentionExplainer):
         if not -blocks <= layer < blocks:
             raise ValueError(f"layer {layer} is out of range: the model has {blocks} attention blocks "
                              f"(0..{blocks - 1}, or -1 for the last)")
+        skipped = self.adapter.blocks_the_readout_skips()
+        if layer % blocks in skipped:
+            raise ValueError(
+                f"layer {layer} of {type(model).__name__} is a self-attention block over the patches, "
+                f"where the class token takes no part: its raw attention exists from layer {skipped.stop} "
+                f"to {blocks - 1} (the class-attention blocks)")
         self.layer = layer
 
     def relevance(self, attentions, gradients, layout):
