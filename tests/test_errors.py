@@ -53,3 +53,11 @@ def test_dynamic_model_states_its_minimum_size():
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True)
     with pytest.raises(ValueError, match=r"\(B, 3, H, W\) with H >= 16 and W >= 16, got \(1, 3, 8, 224\)"):
         VITAttentionRollout(model)(torch.randn(1, 3, 8, 224))
+
+
+def test_windowed_attention_has_no_rollout():
+    swin = timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, depths=(1, 1, 1, 1),
+                             embed_dim=24, num_heads=(1, 1, 1, 1)).eval()
+    for explainer in (VITAttentionRollout(swin), VITAttentionGradRollout(swin)):
+        with pytest.raises(ValueError, match="windowed attention such as Swin's has no rollout"):
+            explainer(torch.randn(1, 3, 224, 224))

@@ -97,3 +97,15 @@ def test_low_precision_model_gives_float32_masks_close_to_full_precision(deit_ti
         assert low.dtype == np.float32 and low.shape == full.shape
         assert np.corrcoef(low.ravel(), full.ravel())[0, 1] > 0.95
     assert next(half.parameters()).dtype == torch.bfloat16
+
+
+def test_a_reduction_keeps_only_what_it_returns(deit_tiny):
+    explainer = VITAttentionRollout(deit_tiny)
+    raw = explainer.record(X)[0]
+    reduced = explainer.record(X, reduce=lambda attention: attention.amax(dim=1))[0]
+    assert len(reduced) == len(raw) == 12
+    for full, kept in zip(raw, reduced):
+        assert kept.shape == (2, 197, 197)
+        torch.testing.assert_close(kept, full.amax(dim=1))
+    with pytest.raises(ValueError, match="reduce applies to recording without gradients"):
+        AttentionRecorder(deit_tiny, gradients=True, reduce=lambda attention: attention)

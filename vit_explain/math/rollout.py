@@ -27,13 +27,24 @@ def push_rows(rows: torch.Tensor, fused: torch.Tensor, column_sums: bool = False
     return torch.bmm(scaled, fused) + scaled
 
 
+def rollout_block(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
+    """F' of one block: (B, H, N, N) -> (B, N, N), heads fused, the weakest entries discarded."""
+    return discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
+
+
+def push_through_blocks(blocks: Sequence[torch.Tensor], readout: torch.Tensor,
+                        column_sums: bool = False) -> torch.Tensor:
+    """readout (B, K, N) through every block's F' (B, N, N), the last block first: (B, K, N)."""
+    rows = readout.to(blocks[0].dtype)
+    for fused in reversed(blocks):
+        rows = push_rows(rows, fused, column_sums)
+    return rows
+
+
 def attention_rollout(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """Relevance of every input token for the readout rows: (B, K, N)."""
-    rows = readout.to(attentions[0].dtype)
-    for attention in reversed(attentions):
-        rows = push_rows(rows, discard_lowest(fuse_heads(attention, head_fusion), discard_ratio))
-    return rows
+    return push_through_blocks([rollout_block(a, head_fusion, discard_ratio) for a in attentions], readout)
 
 
 def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
@@ -65,20 +76,16 @@ def raw_attention(attention: torch.Tensor, readout: torch.Tensor) -> torch.Tenso
 
 
 def _class_row(attention: torch.Tensor) -> torch.Tensor:
-    batch, _, n, _ = attention.shape
+    batch, n = attention.shape[0], attention.shape[-1]
     readout = torch.zeros(batch, 1, n, dtype=attention.dtype, device=attention.device)
     readout[:, :, 0] = 1
     return readout
 
 
-def compat_attention_rollout(attentions: Sequence[torch.Tensor], head_fusion: str,
-                             discard_ratio: float) -> torch.Tensor:
-    """The original vit-explain rollout, per sample: class-token row (B, N)."""
-    rows = _class_row(attentions[0])
-    for attention in reversed(attentions):
-        fused = discard_lowest(fuse_heads(attention, head_fusion), discard_ratio, protect_first=True)
-        rows = push_rows(rows, fused, column_sums=True)
-    return rows[:, 0]
+def compat_rollout_rows(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The original's product over each block's F' (its discard, like ours, spared the class
+    token's attention to itself), with its row normalisation: class-token row (B, N)."""
+    return push_through_blocks(blocks, _class_row(blocks[0]), column_sums=True)[:, 0]
 
 
 def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],

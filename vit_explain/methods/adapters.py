@@ -4,8 +4,9 @@ An adapter answers four questions for the explainers (`AttentionExplainer.record
 
 * `check_input(x)`: ValueError, naming the expected and the given shape, for an input the
   model cannot take;
-* `recorder(gradients)`: a context manager with `.forward(x) -> logits`, `.attentions`
-  (one (B, H, N, N) tensor per block, in forward order, all over the same N tokens) and
+* `recorder(gradients, reduce=None)`: a context manager with `.forward(x) -> logits`, `.attentions`
+  (one (B, H, N, N) tensor per block, in forward order, all over the same N tokens, each passed
+  through `reduce` when given; see `RecordingSession`) and
   `.attention_gradients(logits, targets)` (dL/dA per block, keyed by block), that hands the
   model back exactly as it came;
 * `layout(image_hw, num_tokens)`: the `TokenLayout` (prefix tokens, pooling, patch grid);
@@ -47,7 +48,7 @@ class Adapter:
     def check_input(self, input_tensor) -> None:
         raise NotImplementedError
 
-    def recorder(self, gradients: bool) -> ContextManager:
+    def recorder(self, gradients: bool, reduce=None) -> ContextManager:
         raise NotImplementedError
 
     def layout(self, image_hw: tuple[int, int], num_tokens: int) -> TokenLayout:
@@ -77,8 +78,8 @@ class TimmAdapter(Adapter):
     def check_input(self, input_tensor) -> None:
         check_input(self.model, input_tensor)
 
-    def recorder(self, gradients: bool) -> AttentionRecorder:
-        return AttentionRecorder(self.model, self.attention_layer_name, gradients=gradients)
+    def recorder(self, gradients: bool, reduce=None) -> AttentionRecorder:
+        return AttentionRecorder(self.model, self.attention_layer_name, gradients=gradients, reduce=reduce)
 
     def layout(self, image_hw, num_tokens) -> TokenLayout:
         return token_layout(self.model, image_hw, num_tokens)
@@ -100,8 +101,8 @@ class CaitAdapter(TimmAdapter):
         Adapter.__init__(self, model)
         self.attention_layer_name = DEFAULT_ATTENTION_LAYER
 
-    def recorder(self, gradients: bool) -> CaitAttentionRecorder:
-        return CaitAttentionRecorder(self.model, gradients=gradients)
+    def recorder(self, gradients: bool, reduce=None) -> CaitAttentionRecorder:
+        return CaitAttentionRecorder(self.model, gradients=gradients, reduce=reduce)
 
     def block_count(self) -> int:
         return len(self.model.blocks) + len(self.model.blocks_token_only)
@@ -151,8 +152,8 @@ class HuggingFaceViTAdapter(Adapter):
                               note=" (other sizes need HuggingFaceViTAdapter(model, "
                                    "interpolate_pos_encoding=True) as the explainer's adapter)")
 
-    def recorder(self, gradients: bool) -> HuggingFaceAttentionRecorder:
-        return HuggingFaceAttentionRecorder(self.model, gradients=gradients,
+    def recorder(self, gradients: bool, reduce=None) -> HuggingFaceAttentionRecorder:
+        return HuggingFaceAttentionRecorder(self.model, gradients=gradients, reduce=reduce,
                                             interpolate_pos_encoding=self.interpolate_pos_encoding)
 
     def layout(self, image_hw, num_tokens) -> TokenLayout:

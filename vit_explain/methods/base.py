@@ -33,7 +33,8 @@ class Explanation:
 
 
 class AttentionExplainer:
-    """Base class: subclasses define `needs_gradients` and `relevance`."""
+    """Base class: subclasses define `needs_gradients` and `relevance`, and may define
+    `block_reduction`."""
 
     needs_gradients = False
 
@@ -52,15 +53,22 @@ class AttentionExplainer:
         self.compat = compat
 
     def relevance(self, attentions, gradients, layout: TokenLayout) -> torch.Tensor:
-        """(B, N) relevance of every input token for the explained output."""
+        """(B, N) relevance of every input token for the explained output. `attentions` holds
+        what `block_reduction()` made of each block's attention (the attention itself by default)."""
         raise NotImplementedError
 
-    def record(self, input_tensor: torch.Tensor, category_index=None):
-        """Run the model once: (attentions, gradients or None, logits, targets, layout)."""
+    def block_reduction(self):
+        """None, or a function applied to each block's (B, H, N, N) attention as it is recorded
+        (methods without gradients only), when `relevance` needs less than every head."""
+        return None
+
+    def record(self, input_tensor: torch.Tensor, category_index=None, reduce=None):
+        """Run the model once: (attentions, gradients or None, logits, targets, layout).
+        With `reduce` (no gradients), each block's attention is kept only as reduce(attention)."""
         self.adapter.check_input(input_tensor)
         param = next(self.model.parameters(), None)
         x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
-        with self.adapter.recorder(gradients=self.needs_gradients) as rec:
+        with self.adapter.recorder(gradients=self.needs_gradients, reduce=_square_only(reduce)) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradients = None
@@ -74,7 +82,8 @@ class AttentionExplainer:
         return attentions, gradients, logits.detach(), targets, layout
 
     def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
-        attentions, gradients, logits, targets, layout = self.record(input_tensor, category_index)
+        attentions, gradients, logits, targets, layout = self.record(input_tensor, category_index,
+                                                                     reduce=self.block_reduction())
         # Under a caller's autocast only the model runs in low precision; the relevance math
         # stays in the attention's own dtype.
         with torch.no_grad(), torch.autocast(attentions[0].device.type, enabled=False):
@@ -91,16 +100,30 @@ class AttentionExplainer:
         return masks[0] if masks.shape[0] == 1 else masks
 
 
+def _square_only(reduce):
+    """reduce, leaving attention of a shape rollout cannot use (not (B, H, N, N)) as it is, for
+    check_attention_shapes to name."""
+    if reduce is None:
+        return None
+
+    def reduce_square(attention: torch.Tensor) -> torch.Tensor:
+        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
+            return attention
+        return reduce(attention)
+    return reduce_square
+
+
 def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:
     """(B, 1, N) rows the classifier reads, in the attention's dtype and device."""
-    batch, _, n, _ = attentions[0].shape
+    batch, n = attentions[0].shape[0], attentions[0].shape[-1]
     return readout_rows(batch, n, layout.num_prefix, layout.pooling,
                         dtype=attentions[0].dtype, device=attentions[0].device)
 
 
 def check_attention_shapes(model: nn.Module, attentions, batch: int) -> None:
     for index, attention in enumerate(attentions):
-        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2] or attention.shape[0] != batch:
+        # (B, H, N, N), or (B, N, N) once a block_reduction fused the heads
+        if attention.ndim not in (3, 4) or attention.shape[-1] != attention.shape[-2] or attention.shape[0] != batch:
             raise ValueError(
                 f"attention of block {index} of {type(model).__name__} has shape {tuple(attention.shape)}; "
                 f"rollout needs (B={batch}, heads, N, N) in every block (windowed attention such as "

@@ -1,8 +1,10 @@
 """The seed API: attention rollout and gradient attention rollout."""
 from __future__ import annotations
 
-from ..math import (attention_rollout, compat_attention_rollout, compat_gradient_rollout,
-                    gradient_rollout)
+from functools import partial
+
+from ..math import (compat_gradient_rollout, compat_rollout_rows, gradient_rollout, push_through_blocks,
+                    rollout_block)
 from .base import AttentionExplainer, readout_for
 
 
@@ -14,11 +16,15 @@ class VITAttentionRollout(AttentionExplainer):
     `compat="vit-explain"` reproduces the original 2020 implementation's output exactly.
     """
 
+    def block_reduction(self):
+        # each block's fused, discarded map as soon as it is recorded: every head is not kept
+        return partial(rollout_block, head_fusion=self.head_fusion, discard_ratio=self.discard_ratio)
+
     def relevance(self, attentions, gradients, layout):
+        blocks = attentions  # already rollout_block()'s (B, N, N) maps
         if self.compat:
-            return compat_attention_rollout(attentions, self.head_fusion, self.discard_ratio)
-        rows = attention_rollout(attentions, readout_for(attentions, layout), self.head_fusion, self.discard_ratio)
-        return rows[:, 0]
+            return compat_rollout_rows(blocks)
+        return push_through_blocks(blocks, readout_for(blocks, layout))[:, 0]
 
     def __call__(self, input_tensor, category_index=None):
         # Rollout is class-agnostic; category_index is accepted for a uniform interface.

@@ -48,16 +48,27 @@ class ModelState:
 class RecordingSession:
     """Base of the recorders. Entering saves the model's state (eval mode; frozen parameters for
     gradient methods) and calls install(); leaving, or a failed install, removes the hooks
-    install() registered, switches fused attention back on and restores the state."""
+    install() registered, switches fused attention back on and restores the state.
 
-    def __init__(self, model: nn.Module, freeze: bool):
+    `reduce` (recording without gradients only): applied to each block's attention as soon as it
+    is recorded, so only what an explainer needs is kept (e.g. rollout's fused, discarded map
+    instead of every head): less memory held, and the map is reduced while it is in the cache.
+    """
+
+    def __init__(self, model: nn.Module, freeze: bool, reduce: Callable | None = None):
+        if freeze and reduce is not None:
+            raise ValueError("reduce applies to recording without gradients: dL/dA needs every head")
         self.model = model
+        self.reduce = reduce
         self._state = ModelState(model, freeze=freeze)
         self._handles = []
         self._saved_fused: dict[nn.Module, bool] = {}
 
     def install(self) -> None:
         """Register hooks (their handles in self._handles); unfuse() attention modules."""
+
+    def reduced(self, attention: torch.Tensor) -> torch.Tensor:
+        return attention if self.reduce is None else self.reduce(attention)
 
     def unfuse(self, module: nn.Module) -> None:
         """Fused attention never shows its attention matrix: switch it off for the call."""

@@ -89,11 +89,11 @@ class CaitAttentionRecorder(RecordingSession):
     The model is handed back as it came: training flags, fused flags, requires_grad, hooks.
     """
 
-    def __init__(self, model: nn.Module, gradients: bool = False):
+    def __init__(self, model: nn.Module, gradients: bool = False, reduce=None):
         if not is_cait(model):
             raise ValueError(f"{type(model).__name__} is not a CaiT model (talking-heads `blocks` with "
                              "`attn.proj_w` and class-attention `blocks_token_only`)")
-        super().__init__(model, freeze=gradients)
+        super().__init__(model, freeze=gradients, reduce=reduce)
         self.gradients = gradients
         self.self_modules = [block.attn for block in model.blocks]
         self.class_modules = [block.attn for block in model.blocks_token_only]
@@ -161,10 +161,12 @@ class CaitAttentionRecorder(RecordingSession):
 
     @property
     def attentions(self) -> list[torch.Tensor]:
-        """Every block embedded in the (1 + P)-token space, in forward order (detached)."""
+        """Every block embedded in the (1 + P)-token space, in forward order (detached), then
+        reduced if the recorder was given `reduce`."""
         if self._embedded is None:
-            self._embedded = [embed_self_attention(a.detach()) for a in self.self_attentions] + \
-                             [embed_class_attention(a.detach()) for a in self.class_attentions]
+            embedded = [embed_self_attention(a.detach()) for a in self.self_attentions] + \
+                       [embed_class_attention(a.detach()) for a in self.class_attentions]
+            self._embedded = [self.reduced(a) for a in embedded]
         return self._embedded
 
     def attention_gradients(self, logits: torch.Tensor, targets) -> list[torch.Tensor]:

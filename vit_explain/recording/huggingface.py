@@ -90,10 +90,11 @@ class HuggingFaceAttentionRecorder(RecordingSession):
     sizes than config.image_size).
     """
 
-    def __init__(self, model: nn.Module, gradients: bool = False, interpolate_pos_encoding: bool = False):
+    def __init__(self, model: nn.Module, gradients: bool = False, interpolate_pos_encoding: bool = False,
+                 reduce=None):
         if not is_huggingface_model(model):
             raise ValueError(f"{type(model).__name__} is not a Hugging Face transformers model")
-        super().__init__(model, freeze=gradients)
+        super().__init__(model, freeze=gradients, reduce=reduce)
         self.gradients = gradients
         self.interpolate_pos_encoding = interpolate_pos_encoding
         self.attentions: list[torch.Tensor] = []
@@ -118,7 +119,7 @@ class HuggingFaceAttentionRecorder(RecordingSession):
         if not attentions or any(a is None for a in attentions):
             raise RuntimeError(f"{type(self.model).__name__} returned no attention weights with "
                                "output_attentions=True and eager attention")
-        self.attentions = list(attentions)
+        self.attentions = [self.reduced(a) for a in attentions]
         return outputs.logits
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:

@@ -42,13 +42,14 @@ def find_attention_modules(model: nn.Module, attention_layer_name: str = DEFAULT
 class AttentionRecorder(RecordingSession):
     """Context manager: `with AttentionRecorder(model, gradients=True) as rec: logits = rec.forward(x)`.
 
-    rec.attentions holds one (B, H, N, N) tensor per attention call, in forward order;
-    rec.attention_gradients(score) returns dL/dA for each of them, in the same order.
+    rec.attentions holds one (B, H, N, N) tensor per attention call, in forward order (or what
+    `reduce` made of it); rec.attention_gradients(score) returns dL/dA for each of them, in the
+    same order.
     """
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER,
-                 gradients: bool = False):
-        super().__init__(model, freeze=gradients)
+                 gradients: bool = False, reduce=None):
+        super().__init__(model, freeze=gradients, reduce=reduce)
         self.gradients = gradients
         self.modules = find_attention_modules(model, attention_layer_name)
         self.attentions: list[torch.Tensor] = []
@@ -59,7 +60,7 @@ class AttentionRecorder(RecordingSession):
             self._handles.append(module.register_forward_hook(self._record))
 
     def _record(self, module, inputs, output) -> None:
-        self.attentions.append(output)
+        self.attentions.append(self.reduced(output))
 
     def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
         """Run the model, recording attention (with a graph when gradients are wanted)."""
