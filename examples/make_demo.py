@@ -107,7 +107,8 @@ def save_model(model: torch.nn.Module, folder: Path) -> None:
     config = json.loads((folder / "config.json").read_text())
     config["pretrained_cfg"].update(input_size=[3, 64, 64], crop_pct=1.0, crop_mode="center",
                                     interpolation="bilinear", mean=list(MEAN), std=list(STD),
-                                    num_classes=len(CLASSES))
+                                    num_classes=len(CLASSES), license="MIT")
+    config["pretrained_cfg"].pop("tag", None)  # vit_tiny's ImageNet weights tag; these are not those weights
     (folder / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
 
