@@ -42,6 +42,8 @@ def main():
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     print(machine())
     model = peaky_model(args.model, args.device)

@@ -91,6 +91,8 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: --device cuda "
                         "--model deit_base_patch16_224 --batch-size 64 --workers 8 --images 1024)")
     args = parser.parse_args()
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
     torch.set_num_threads(args.threads)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:
