@@ -5,6 +5,7 @@ import json
 import os
 import tempfile
 from collections import Counter
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -40,17 +41,25 @@ def check_output_dir(output_dir: Path, input_path: Path) -> None:
         raise OutputError(f"cannot write to the output folder {output_dir}: {error.strerror or error}") from None
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write to a temporary file beside path, then rename: a reader never sees half a file."""
+@contextmanager
+def atomic_file(path: Path, mode: str = "wb"):
+    """A file to write that appears at path, whole, only when the block ends without an error:
+    it is written beside path under a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
     try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
+        with os.fdopen(handle, mode) as file:
+            yield file
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Write data so that a reader never sees half a file."""
+    with atomic_file(path) as file:
+        file.write(data)
 
 
 # Fast PNG settings: the "up" filter with run-length zlib encodes an overlay 3x faster than
@@ -97,4 +106,6 @@ class Manifest:
 
     def save(self) -> None:
         document = dict(self.header, images=sorted(self.entries.values(), key=lambda e: e["input"]))
-        atomic_write(self.path, (json.dumps(document, indent=2) + "\n").encode())
+        with atomic_file(self.path, "w") as file:  # streamed: no copy of a large manifest as one string
+            json.dump(document, file, indent=2)
+            file.write("\n")
