@@ -76,6 +76,7 @@ def plain_gradcam(model, layer_name, x, categories, num_prefix, grid):
     # only the target layer's parameters require grad: its output is in the graph, nothing before it
     dict(model.named_modules())[layer_name].requires_grad_(True).register_forward_hook(hook)
     logits = model(x)
+    logits = getattr(logits, "logits", logits)  # a Hugging Face model's output object
     logits[torch.arange(len(x)), torch.as_tensor(categories)].sum().backward()
     act, grad = store["a"].detach(), store["a"].grad
     if act.ndim == 3:  # tokens: drop the prefix, lay out on the grid

@@ -11,8 +11,9 @@ transformers = pytest.importorskip("transformers", reason="the hf extra (transfo
 
 from tests.conftest import assert_state_equal, model_state  # noqa: E402
 from tests.test_math import literal_rollout  # noqa: E402
-from vit_explain import (VITAttentionGradRollout, VITAttentionRollout, VITGradWeightedAttention,  # noqa: E402
-                         VITRawAttention)
+from tests.test_gradcam import plain_gradcam  # noqa: E402
+from vit_explain import (VITAttentionGradRollout, VITAttentionRollout, VITGradCAM,  # noqa: E402
+                         VITGradWeightedAttention, VITRawAttention)
 from vit_explain.methods.adapters import HuggingFaceViTAdapter, adapter_for  # noqa: E402
 from vit_explain.recording import HuggingFaceAttentionRecorder  # noqa: E402
 
@@ -157,3 +158,16 @@ def test_state_is_restored_when_the_forward_raises(hf_vit):
         VITAttentionGradRollout(model)(X[:1])
     assert_state_equal(before, hf_state(model))
     handle.remove()
+
+
+def test_grad_cam_equals_a_plain_computation_and_leaves_the_model_alone(hf_vit):
+    before = hf_state(hf_vit)
+    explainer = VITGradCAM(hf_vit)
+    assert explainer.target_layer.endswith("1.layernorm_before")  # the last layer's; the path varies by version
+    masks = explainer(X, [0, 1, 2])
+    expected = plain_gradcam(hf_vit, explainer.target_layer, X, [0, 1, 2], 1, GRID)
+    np.testing.assert_allclose(masks, expected, atol=1e-5)
+    np.testing.assert_allclose(masks[1], explainer(X[1:2], 1), atol=1e-6)  # a batch equals its singles
+    assert_state_equal(before, hf_state(hf_vit))
+    with pytest.raises(ValueError, match="expected"):
+        explainer(torch.randn(1, 3, 40, 40))

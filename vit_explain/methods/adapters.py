@@ -152,6 +152,11 @@ class HuggingFaceViTAdapter(Adapter):
                               note=" (other sizes need HuggingFaceViTAdapter(model, "
                                    "interpolate_pos_encoding=True) as the explainer's adapter)")
 
+    def logits(self, x):
+        """The model's logits for pixel values x (no attention recorded)."""
+        kwargs = {"interpolate_pos_encoding": True} if self.interpolate_pos_encoding else {}
+        return self.model(pixel_values=x, **kwargs).logits
+
     def recorder(self, gradients: bool, reduce=None) -> HuggingFaceAttentionRecorder:
         return HuggingFaceAttentionRecorder(self.model, gradients=gradients, reduce=reduce,
                                             interpolate_pos_encoding=self.interpolate_pos_encoding)

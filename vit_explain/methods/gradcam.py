@@ -9,8 +9,12 @@ from ..math import scale_to_max
 from ..math.gradcam import grad_cam
 from ..recording import resolve_targets
 from ..recording.activations import ActivationRecorder, default_target_layer, find_module
+from ..recording.huggingface import is_huggingface_model
+from .adapters import HuggingFaceViTAdapter
 from .base import Explanation
 from .layout import check_input, token_layout
+
+HF_TARGET_SUFFIX = "layernorm_before"  # transformers' name for a ViT layer's first normalisation
 
 
 def is_channels_first(module: nn.Module) -> bool:
@@ -22,17 +26,18 @@ def is_channels_first(module: nn.Module) -> bool:
 
 
 def feature_map(model: nn.Module, module: nn.Module, tensor: torch.Tensor,
-                image_hw: tuple[int, int]) -> torch.Tensor:
+                image_hw: tuple[int, int], layout=None) -> torch.Tensor:
     """A target layer's output (or its gradient) as a channels-last grid (B, gh, gw, C).
 
     (B, N, C) token sequences lose their prefix tokens (class, distillation, registers) and are
-    laid out on the patch grid of this input; (B, H, W, C) maps (Swin) are used as they are;
-    (B, C, H, W) maps of convolution-like modules are moved to channels-last.
+    laid out on the patch grid of this input (`layout(image_hw, num_tokens)`, timm's by default);
+    (B, H, W, C) maps (Swin) are used as they are; (B, C, H, W) maps of convolution-like modules
+    are moved to channels-last.
     """
     if tensor.ndim == 3:
-        layout = token_layout(model, image_hw, tensor.shape[1])
-        gh, gw = layout.grid
-        return tensor[:, layout.num_prefix:].reshape(tensor.shape[0], gh, gw, tensor.shape[-1])
+        tokens = (layout or (lambda hw, n: token_layout(model, hw, n)))(image_hw, tensor.shape[1])
+        gh, gw = tokens.grid
+        return tensor[:, tokens.num_prefix:].reshape(tensor.shape[0], gh, gw, tensor.shape[-1])
     if tensor.ndim == 4:
         return tensor.permute(0, 2, 3, 1) if is_channels_first(module) else tensor
     raise ValueError(
@@ -49,28 +54,38 @@ class VITGradCAM:
     numpy mask over the patch grid, (gh, gw) for one image or (B, gh, gw) for a batch, each map
     scaled so its maximum is 1. target_layer is a dotted module name; the default is the last
     module named `norm1` (the last block's first normalisation: `blocks.11.norm1` for a 12-block
-    ViT, `layers.3.blocks.1.norm1` for Swin-T).
+    ViT, `layers.3.blocks.1.norm1` for Swin-T), or `layernorm_before` for a Hugging Face ViT
+    (e.g. `vit.encoder.layer.11.layernorm_before`), whose input sizes and token layout come from its
+    `adapter` (replaceable, as for the attention explainers).
     """
 
     def __init__(self, model: nn.Module, target_layer: str | None = None):
-        name = default_target_layer(model) if target_layer is None else target_layer
+        self.adapter = HuggingFaceViTAdapter(model) if is_huggingface_model(model) else None
+        if target_layer is None:
+            name = default_target_layer(model, HF_TARGET_SUFFIX if self.adapter else "norm1")
+        else:
+            name = target_layer
         self.module = find_module(model, name)  # fail at construction, not at the first call
         self.model = model
         self.target_layer = name
 
     def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
-        check_input(self.model, input_tensor)
+        if self.adapter:
+            self.adapter.check_input(input_tensor)
+        else:
+            check_input(self.model, input_tensor)
         param = next(self.model.parameters(), None)
         x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
-        with ActivationRecorder(self.model, self.target_layer) as rec:
+        with ActivationRecorder(self.model, self.target_layer, call=self.adapter and self.adapter.logits) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradient = rec.gradient(logits, targets).detach()
             activation = rec.activation.detach()
         image_hw = tuple(x.shape[-2:])
         with torch.no_grad():
-            activation = feature_map(self.model, self.module, activation, image_hw)
-            gradient = feature_map(self.model, self.module, gradient, image_hw)
+            layout = self.adapter and self.adapter.layout
+            activation = feature_map(self.model, self.module, activation, image_hw, layout)
+            gradient = feature_map(self.model, self.module, gradient, image_hw, layout)
             masks = scale_to_max(grad_cam(activation, gradient).float())
         return Explanation(masks, logits.detach(), targets)
 

@@ -20,19 +20,19 @@ DEFAULT_TARGET_SUFFIX = "norm1"
 def _candidates(model: nn.Module, limit: int = 5) -> list[str]:
     """The last few modules named like a block's normalisation layer (most useful last)."""
     names = [name for name, module in model.named_modules()
-             if name.split(".")[-1] in ("norm1", "norm") and not isinstance(module, nn.Identity)]
+             if name.split(".")[-1] in ("norm1", "norm", "layernorm_before")
+             and not isinstance(module, nn.Identity)]
     return names[-limit:]
 
 
-def default_target_layer(model: nn.Module) -> str:
-    """The dotted name of the last module named `norm1`: the last block's first normalisation
-    (`blocks.11.norm1` for ViT/DeiT/BEiT/EVA, `layers.3.blocks.1.norm1` for Swin)."""
-    names = [name for name, _ in model.named_modules()
-             if name == DEFAULT_TARGET_SUFFIX or name.endswith("." + DEFAULT_TARGET_SUFFIX)]
+def default_target_layer(model: nn.Module, suffix: str = DEFAULT_TARGET_SUFFIX) -> str:
+    """The dotted name of the last module named `suffix` (default `norm1`: the last block's first
+    normalisation, `blocks.11.norm1` for ViT/DeiT/BEiT/EVA, `layers.3.blocks.1.norm1` for Swin)."""
+    names = [name for name, _ in model.named_modules() if name == suffix or name.endswith("." + suffix)]
     if not names:
         hint = _candidates(model)
         raise ValueError(
-            f"{type(model).__name__} has no module named '{DEFAULT_TARGET_SUFFIX}' to use as the "
+            f"{type(model).__name__} has no module named '{suffix}' to use as the "
             "default Grad-CAM target layer; pass target_layer= a dotted module name"
             + (f", e.g. {', '.join(repr(n) for n in hint)}" if hint else
                " (list them with [n for n, _ in model.named_modules()])")
@@ -68,8 +68,9 @@ class ActivationRecorder(RecordingSession):
     backward; the values the model computes are unchanged.
     """
 
-    def __init__(self, model: nn.Module, module_name: str):
+    def __init__(self, model: nn.Module, module_name: str, call=None):
         super().__init__(model, freeze=True)
+        self.call = call or model  # x -> logits (Hugging Face models need their own call)
         self.module_name = module_name
         self.module = find_module(model, module_name)
         self.activation: torch.Tensor | None = None
@@ -95,7 +96,7 @@ class ActivationRecorder(RecordingSession):
         self.activation, self._calls = None, 0
         with torch.inference_mode(False), torch.enable_grad():
             x = input_tensor.clone() if input_tensor.is_inference() else input_tensor.detach()
-            logits = self.model(x)
+            logits = self.call(x)
         if self._calls == 0:
             raise RuntimeError(
                 f"the Grad-CAM target layer {self.module_name!r} of {type(self.model).__name__} "
