@@ -1,15 +1,19 @@
 """Hugging Face transformers ViT (the optional `hf` extra) on a tiny randomly initialised model."""
 import copy
+import json
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
+from tests import image_files as files  # noqa: E402
 from tests.conftest import assert_state_equal, model_state  # noqa: E402
+from tests.test_cli import error_lines, run  # noqa: E402
 from tests.test_math import literal_rollout  # noqa: E402
 from tests.test_gradcam import plain_gradcam  # noqa: E402
 from vit_explain import (VITAttentionGradRollout, VITAttentionRollout, VITGradCAM,  # noqa: E402
@@ -171,3 +175,60 @@ def test_grad_cam_equals_a_plain_computation_and_leaves_the_model_alone(hf_vit):
     assert_state_equal(before, hf_state(hf_vit))
     with pytest.raises(ValueError, match="expected"):
         explainer(torch.randn(1, 3, 40, 40))
+
+
+def saved_hf_vit(folder, processor=True):
+    """A tiny ViT with named classes, saved the way users save theirs (with its image processor)."""
+    torch.manual_seed(0)
+    config = tiny_config(id2label={0: "cat", 1: "dog", 2: "fox"}, label2id={"cat": 0, "dog": 1, "fox": 2})
+    model = transformers.ViTForImageClassification(config).eval()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if name.endswith(("query.weight", "key.weight")):
+                param.mul_(4)
+    model.save_pretrained(folder)
+    if processor:
+        transformers.ViTImageProcessor(size={"height": 32, "width": 32}).save_pretrained(folder)
+    return model
+
+
+def test_command_line_takes_a_saved_transformers_model(tmp_path, capsys):
+    model = saved_hf_vit(tmp_path / "hf")
+    capsys.readouterr()  # transformers' progress bar while saving
+    image = files.write_rgb(tmp_path / "in.png", size=(90, 60))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "--image_path", image, "--output-dir", out, "--model", f"hf:{tmp_path / 'hf'}",
+                       "--discard_ratio", 0, "--quiet")
+    assert code == 0 and error_lines(err) == ["1 explained, 0 failed"]
+    (entry,) = json.loads((out / "manifest.json").read_text())["images"]
+    x = transformers.ViTImageProcessor.from_pretrained(tmp_path / "hf")(Image.open(image), return_tensors="pt")
+    with torch.no_grad():
+        probabilities = model(**x).logits.softmax(-1)[0]
+    assert {c["label"]: c["probability"] for c in entry["topk"]} == pytest.approx(
+        {name: float(probabilities[i]) for i, name in enumerate(["cat", "dog", "fox"])}, abs=1e-3)
+    expected = VITAttentionRollout(model, head_fusion="max", discard_ratio=0.0)(x["pixel_values"])
+    np.testing.assert_allclose(np.load(out / "in_attention_rollout_0.000_max.npy"), expected, atol=2e-3)
+
+
+def test_command_line_transformers_model_errors(tmp_path, capsys, monkeypatch):
+    saved_hf_vit(tmp_path / "bare", processor=False)  # no image processor saved: ViT's defaults
+    capsys.readouterr()
+    image = files.write_rgb(tmp_path / "in.png")
+    code, _, err = run(capsys, "--image_path", image, "--output-dir", tmp_path / "out",
+                       "--model", f"hf:{tmp_path / 'bare'}", "--quiet")
+    assert code == 0
+    code, _, err = run(capsys, "--image_path", image, "--output-dir", tmp_path / "out",
+                       "--model", f"hf:{tmp_path / 'bare'}", "--checkpoint", image, "--quiet")
+    assert code == 3 and error_lines(err) == [f"vit-explain: --hub and --checkpoint apply to timm models, "
+                                              f"not to hf:{tmp_path / 'bare'}"]
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
+    monkeypatch.setattr("vit_explain.io.transformers_models.reachable", lambda *args, **kwargs: False)
+    code, _, err = run(capsys, "--image_path", image, "--output-dir", tmp_path / "out",
+                       "--model", "hf:google/vit-base-patch16-224", "--quiet")
+    (line,) = error_lines(err)
+    assert code == 3 and "no network" in line and "--model hf:FOLDER" in line
+    monkeypatch.setitem(sys.modules, "transformers", None)  # as if the hf extra were not installed
+    code, _, err = run(capsys, "--image_path", image, "--output-dir", tmp_path / "out",
+                       "--model", f"hf:{tmp_path / 'bare'}", "--quiet")
+    assert code == 3 and error_lines(err) == [f"vit-explain: --model hf:{tmp_path / 'bare'} needs the "
+                                              "transformers package: pip install 'vit-explain[hf]'"]

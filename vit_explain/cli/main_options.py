@@ -8,7 +8,8 @@ def model_options(command):
     """--model, --hub, --checkpoint, --device, --use_cuda."""
     for option in reversed([
         click.option("--model", default="deit_tiny_patch16_224",
-                     help="timm model name (pretrained weights), or local-dir:FOLDER for a saved timm model."),
+                     help="timm model name (pretrained weights), local-dir:FOLDER for a saved timm model, or "
+                          "hf:NAME_OR_FOLDER for a Hugging Face transformers ViT classifier (the hf extra)."),
         click.option("--hub", default=None, metavar="REPO",
                      help="Load --model as an entry point of this torch hub repo "
                           "(e.g. facebookresearch/deit:main) or local hub folder."),

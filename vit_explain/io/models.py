@@ -1,4 +1,5 @@
-"""Loading models: timm names (pretrained), local timm folders, checkpoint files, torch hub."""
+"""Loading models: timm names (pretrained), local timm folders, checkpoint files, torch hub,
+and (transformers_models.py) Hugging Face transformers classifiers."""
 from __future__ import annotations
 
 import contextlib
@@ -150,7 +151,13 @@ def load_hub(repo: str, name: str) -> nn.Module:
 def load_model(name: str, hub: str | None = None, checkpoint: str | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """The model in eval mode on device, or ModelLoadError with one sentence."""
-    model = load_hub(hub, name) if hub else load_timm(name, checkpoint)
+    if name.startswith("hf:"):
+        if hub or checkpoint:
+            raise ModelLoadError(f"--hub and --checkpoint apply to timm models, not to {name}")
+        from .transformers_models import load_transformers
+        model = load_transformers(name)
+    else:
+        model = load_hub(hub, name) if hub else load_timm(name, checkpoint)
     return model.eval().to(device)
 
 
