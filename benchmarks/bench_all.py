@@ -1,7 +1,7 @@
 """Every benchmark in one run, one after the other, each in a fresh process so that one's
 memory and threads do not slow the next.
 
-    python benchmarks/bench_all.py [--threads 2]      # about 10 minutes on a 2-core CPU
+    python benchmarks/bench_all.py [--threads 2]      # about 7 minutes on a 2-core CPU
 """
 import argparse
 import subprocess

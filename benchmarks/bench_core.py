@@ -6,6 +6,7 @@ Interleaves each explainer with its baseline in one process and reports median r
   gradient methods                     / fused forward + backward of the target logit to the
                                          input only, parameters frozen
         (grad rollout target <= 1.25 at B=8)
+Attention flow takes seconds per image, so it gets 3 repeats instead of --repeats.
 
     python benchmarks/bench_core.py [--repeats 15] [--threads 2] [--methods rollout,grad-rollout]
 """
@@ -18,7 +19,7 @@ from common import CliDefaults, interleaved, machine
 from vit_explain.cli.main_options import METHOD_NAMES
 from vit_explain.cli.methods import METHODS
 
-DEFAULT_METHODS = [m for m in METHOD_NAMES if m != "flow"]  # flow: see bench_flow.py
+SLOW_REPEATS = {"flow": 3}  # seconds per image: a few repeats say enough (more in bench_flow.py)
 
 
 def forward_only(model, x):
@@ -38,23 +39,22 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     for batch in (1, 8):
         x = torch.randn(batch, 3, 224, 224)
-        pairs = {}
         for name in args.methods.split(","):
             explainer = METHODS[name].build(CliDefaults, model)
             base = ((lambda: forward_backward_to_input(model, x, 243)) if METHODS[name].class_specific
                     else (lambda: forward_only(model, x)))
-            pairs[name] = (lambda e=explainer: e.explain(x, 243), base)
-        for name, (ratio, t_explain, t_base) in interleaved(pairs, args.repeats).items():
+            pair = {name: (lambda e=explainer: e.explain(x, 243), base)}
+            (ratio, t_explain, t_base), = interleaved(pair, SLOW_REPEATS.get(name, args.repeats)).values()
             kind = "forward+backward" if METHODS[name].class_specific else "forward"
             print(f"B={batch:<2} {name:14s} / {kind:17s} ratio {ratio:.3f} "
-                  f"(explain {t_explain * 1e3:.1f} ms, baseline {t_base * 1e3:.1f} ms)")
+                  f"(explain {t_explain * 1e3:.1f} ms, baseline {t_base * 1e3:.1f} ms)", flush=True)
 
 
 if __name__ == "__main__":
