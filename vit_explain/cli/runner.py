@@ -200,10 +200,11 @@ class Run:
             for item in items:
                 self.fail(item["path"], f"{item['path']}: cannot explain: {error}")
             return
-        masks = result.masks.cpu().numpy()
+        # one copy from the device per batch, not one per image
+        masks, logits, targets = result.masks.cpu().numpy(), result.logits.cpu(), result.targets.tolist()
         for index, item in enumerate(items):
             self._writer.submit(self.write_outputs, item, masks[index], None if heads is None else heads[index],
-                                result.logits[index].cpu(), int(result.targets[index]))
+                                logits[index], int(targets[index]))
 
     def write_outputs(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
                       logits: torch.Tensor, target: int) -> None:
