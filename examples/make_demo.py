@@ -103,7 +103,9 @@ def train(seed: int, count: int, steps: int) -> torch.nn.Module:
 
 
 def save_model(model: torch.nn.Module, folder: Path) -> None:
-    timm.models.save_for_hf(model, folder, model_config={"label_names": CLASSES}, model_args=MODEL_ARGS)
+    # safetensors: loading the shipped weights never unpickles anything
+    timm.models.save_for_hf(model, folder, model_config={"label_names": CLASSES}, model_args=MODEL_ARGS,
+                            safe_serialization=True)
     config = json.loads((folder / "config.json").read_text())
     config["pretrained_cfg"].update(input_size=[3, 64, 64], crop_pct=1.0, crop_mode="center",
                                     interpolation="bilinear", mean=list(MEAN), std=list(STD),
