@@ -204,7 +204,7 @@ class Run:
         masks, logits, targets = result.masks.cpu().numpy(), result.logits.cpu(), result.targets.tolist()
         for index, item in enumerate(items):
             self._writer.submit(self.write_outputs, item, masks[index], None if heads is None else heads[index],
-                                logits[index], int(targets[index]))
+                                logits[index], targets[index])
 
     def write_outputs(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
                       logits: torch.Tensor, target: int) -> None:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 LOCAL_DIR = "local-dir:"
+HF_PREFIX = "hf:"  # a Hugging Face transformers classifier (transformers_models.py)
 
 
 class ModelLoadError(Exception):
@@ -151,7 +152,7 @@ def load_hub(repo: str, name: str) -> nn.Module:
 def load_model(name: str, hub: str | None = None, checkpoint: str | None = None,
                device: str | torch.device = "cpu") -> nn.Module:
     """The model in eval mode on device, or ModelLoadError with one sentence."""
-    if name.startswith("hf:"):
+    if name.startswith(HF_PREFIX):
         if hub or checkpoint:
             raise ModelLoadError(f"--hub and --checkpoint apply to timm models, not to {name}")
         from .transformers_models import load_transformers

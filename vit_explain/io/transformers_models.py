@@ -12,9 +12,7 @@ from pathlib import Path
 from PIL import Image
 from torch import nn
 
-from .models import ModelLoadError, first_line, hf_offline, reachable
-
-HF_PREFIX = "hf:"
+from .models import HF_PREFIX, ModelLoadError, first_line, hf_offline, reachable
 
 
 def load_transformers(name: str) -> nn.Module:
@@ -27,13 +25,14 @@ def load_transformers(name: str) -> nn.Module:
                              "pip install 'vit-explain[hf]'") from None
     folder = Path(source).expanduser()
     local = folder.is_dir()
+    where = str(folder) if local else source
     offline = not local and not reachable(constants.ENDPOINT)
     bars = transformers.utils.logging.is_progress_bar_enabled()
     transformers.utils.logging.disable_progress_bar()  # its weight-loading bar would clutter stderr
     try:
         with hf_offline(local or offline):
-            model = transformers.AutoModelForImageClassification.from_pretrained(str(folder) if local else source)
-            processor = image_processor(transformers, str(folder) if local else source, model.config)
+            model = transformers.AutoModelForImageClassification.from_pretrained(where)
+            processor = image_processor(transformers, where, model.config)
     except (OSError, ValueError) as error:  # not found, not cached, not an image classifier
         if offline:
             raise ModelLoadError(f"cannot download {source!r}: no network and not in the local cache. "

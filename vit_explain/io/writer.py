@@ -42,9 +42,3 @@ class BackgroundWriter:
         self._pool.shutdown(wait=True)
         if error is not None:
             raise error
-
-    def __enter__(self) -> "BackgroundWriter":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()

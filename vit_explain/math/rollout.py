@@ -51,11 +51,9 @@ def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[tor
                      readout: torch.Tensor, head_fusion: str = "mean",
                      discard_ratio: float = 0.0) -> torch.Tensor:
     """Rollout of each block's attention weighted by its own dL/dA, negatives clamped after fusion."""
-    rows = readout.to(attentions[0].dtype)
-    for attention, gradient in zip(reversed(attentions), reversed(gradients), strict=True):
-        fused = fuse_heads(attention * gradient, head_fusion).clamp(min=0)
-        rows = push_rows(rows, discard_lowest(fused, discard_ratio))
-    return rows
+    blocks = [discard_lowest(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
+              for a, g in zip(attentions, gradients, strict=True)]
+    return push_through_blocks(blocks, readout)
 
 
 def gradient_weighted_attention(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
@@ -83,8 +81,8 @@ def _class_row(attention: torch.Tensor) -> torch.Tensor:
 
 
 def compat_rollout_rows(blocks: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The original's product over each block's F' (its discard, like ours, spared the class
-    token's attention to itself), with its row normalisation: class-token row (B, N)."""
+    """The original's product over each block's F', with its row normalisation (divided by the
+    row sums broadcast along the columns): class-token row (B, N)."""
     return push_through_blocks(blocks, _class_row(blocks[0]), column_sums=True)[:, 0]
 
 
@@ -102,8 +100,5 @@ def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Seque
                for a, g in zip(attentions, gradients, strict=True)]
     if reverse_blocks:
         weights = weights[::-1]
-    rows = _class_row(attentions[0])
-    for attention, weight in zip(reversed(attentions), reversed(weights)):
-        fused = discard_lowest((attention * weight).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
-        rows = push_rows(rows, fused, column_sums=True)
-    return rows[:, 0]
+    return compat_rollout_rows([discard_lowest((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
+                                for a, w in zip(attentions, weights)])

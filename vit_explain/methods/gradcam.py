@@ -61,10 +61,9 @@ class VITGradCAM:
 
     def __init__(self, model: nn.Module, target_layer: str | None = None):
         self.adapter = HuggingFaceViTAdapter(model) if is_huggingface_model(model) else None
-        if target_layer is None:
-            name = default_target_layer(model, HF_TARGET_SUFFIX if self.adapter else "norm1")
-        else:
-            name = target_layer
+        name = target_layer
+        if name is None:
+            name = default_target_layer(model, HF_TARGET_SUFFIX) if self.adapter else default_target_layer(model)
         self.module = find_module(model, name)  # fail at construction, not at the first call
         self.model = model
         self.target_layer = name
