@@ -13,7 +13,7 @@ import argparse
 import timm
 import torch
 
-from common import CliDefaults, machine
+from common import CliDefaults, check_device, machine
 from vit_explain.cli.main_options import METHOD_NAMES
 from vit_explain.cli.methods import METHODS
 
@@ -42,8 +42,7 @@ def main():
     parser.add_argument("--methods", default=",".join(DEFAULT_METHODS))
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available on this machine")
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     print(machine())
     model = peaky_model(args.model, args.device)

@@ -24,7 +24,7 @@ import timm
 import torch
 from PIL import Image
 
-from common import machine
+from common import check_device, machine
 
 MEMORY_PROBE = """
 import resource, sys
@@ -91,8 +91,7 @@ def main():
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: --device cuda "
                         "--model deit_base_patch16_224 --batch-size 64 --workers 8 --images 1024)")
     args = parser.parse_args()
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available on this machine")
+    check_device(parser, args.device)
     torch.set_num_threads(args.threads)
     print(machine())
     with tempfile.TemporaryDirectory() as tmp:

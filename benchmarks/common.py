@@ -12,6 +12,12 @@ class CliDefaults:
     head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
 
 
+def check_device(parser, device: str) -> None:
+    """A --device cuda run on a machine without CUDA stops with one line, not a traceback."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available on this machine")
+
+
 def machine() -> str:
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
