@@ -1,6 +1,6 @@
 """The math room: pure functions on tensors. No models, hooks or images here."""
-from .fusion import (HEAD_FUSIONS, check_discard_ratio, check_head_fusion, discard_lowest, fuse_heads,
-                     presoftmax_gradient)
+from .fusion import (HEAD_FUSIONS, check_discard_ratio, check_head_fusion, compat_discard, discard_lowest,
+                     fuse_heads, presoftmax_gradient)
 from .grid import readout_rows, scale_to_max, tokens_to_grid
 from .rollout import (attention_rollout, compat_gradient_rollout, compat_rollout_rows,
                       gradient_rollout, gradient_weighted_attention, push_rows, push_through_blocks,
@@ -8,7 +8,7 @@ from .rollout import (attention_rollout, compat_gradient_rollout, compat_rollout
 
 __all__ = [
     "HEAD_FUSIONS", "check_discard_ratio", "check_head_fusion", "attention_rollout", "compat_gradient_rollout",
-    "discard_lowest", "fuse_heads", "gradient_rollout", "gradient_weighted_attention", "raw_attention", "presoftmax_gradient",
+    "compat_discard", "discard_lowest", "fuse_heads", "gradient_rollout", "gradient_weighted_attention", "raw_attention", "presoftmax_gradient",
     "compat_rollout_rows", "push_rows", "push_through_blocks", "readout_rows", "rollout_block", "scale_to_max",
     "tokens_to_grid",
 ]

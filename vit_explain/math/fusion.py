@@ -47,6 +47,30 @@ def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: boo
     return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)
 
 
+def compat_discard(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:
+    """The original vit-explain's discard: zero exactly the entries torch.topk(largest=False) picks.
+
+    Unlike discard_lowest, a tie at the cut is broken the way topk breaks it (the original zeroed
+    int(N*N*discard_ratio) entries, not every entry equal to the last one), so compat mode keeps
+    the tied entries the original kept. With protect_first a pick at flat index 0 is skipped, not
+    replaced by the next smallest, as the original rollout did (its gradient rollout protected
+    nothing).
+    """
+    batch, n, _ = fused.shape
+    count = int(n * n * discard_ratio)
+    if count == 0:
+        return fused
+    flat = fused.reshape(batch, n * n).clone()
+    for row in range(batch):
+        # one (1, N*N) topk per sample, the call the original made for a single image: topk's
+        # choice among ties may depend on the shape it is given, and a batch must equal singles
+        _, indices = flat[row:row + 1].topk(count, dim=-1, largest=False)
+        if protect_first:
+            indices = indices[indices != 0]
+        flat[row, indices] = 0
+    return flat.reshape(batch, n, n)
+
+
 def presoftmax_gradient(attention: torch.Tensor, grad_attention: torch.Tensor) -> torch.Tensor:
     """dL/d(scores) from A = softmax(scores) and dL/dA (the softmax backward)."""
     return attention * (grad_attention - (attention * grad_attention).sum(dim=-1, keepdim=True))

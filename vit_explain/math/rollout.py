@@ -11,7 +11,7 @@ from typing import Sequence
 
 import torch
 
-from .fusion import discard_lowest, fuse_heads, presoftmax_gradient
+from .fusion import compat_discard, discard_lowest, fuse_heads, presoftmax_gradient
 
 
 def push_rows(rows: torch.Tensor, fused: torch.Tensor, column_sums: bool = False) -> torch.Tensor:
@@ -27,9 +27,15 @@ def push_rows(rows: torch.Tensor, fused: torch.Tensor, column_sums: bool = False
     return torch.bmm(scaled, fused) + scaled
 
 
-def rollout_block(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
-    """F' of one block: (B, H, N, N) -> (B, N, N), heads fused, the weakest entries discarded."""
-    return discard_lowest(fuse_heads(attention, head_fusion), discard_ratio)
+def rollout_block(attention: torch.Tensor, head_fusion: str = "mean", discard_ratio: float = 0.0,
+                  compat: bool = False) -> torch.Tensor:
+    """F' of one block: (B, H, N, N) -> (B, N, N), heads fused, the weakest entries discarded.
+
+    compat discards as the original vit-explain did (compat_discard: exactly topk's picks, so a
+    tie at the cut is broken as topk breaks it) instead of by discard_lowest's documented rule.
+    """
+    discard = compat_discard if compat else discard_lowest
+    return discard(fuse_heads(attention, head_fusion), discard_ratio)
 
 
 def push_through_blocks(blocks: Sequence[torch.Tensor], readout: torch.Tensor,
@@ -100,5 +106,5 @@ def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Seque
                for a, g in zip(attentions, gradients, strict=True)]
     if reverse_blocks:
         weights = weights[::-1]
-    return compat_rollout_rows([discard_lowest((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
+    return compat_rollout_rows([compat_discard((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
                                 for a, w in zip(attentions, weights)])

@@ -18,7 +18,9 @@ class VITAttentionRollout(AttentionExplainer):
 
     def block_reduction(self):
         # each block's fused, discarded map as soon as it is recorded: every head is not kept
-        return partial(rollout_block, head_fusion=self.head_fusion, discard_ratio=self.discard_ratio)
+        # compat breaks ties at the discard cut as the original's topk did
+        return partial(rollout_block, head_fusion=self.head_fusion, discard_ratio=self.discard_ratio,
+                       compat=bool(self.compat))
 
     def relevance(self, attentions, gradients, layout):
         blocks = attentions  # already rollout_block()'s (B, N, N) maps
