@@ -5,6 +5,9 @@ import numpy as np
 import pytest
 import timm
 import torch
+from timm.models import save_for_hf
+
+from tests.helpers import LABELS, peaky
 
 # The oracle was recorded with 2 threads; gradient masks move by ~1e-6 with other counts.
 torch.set_num_threads(2)
@@ -30,28 +33,18 @@ def deit_tiny():
 @pytest.fixture(scope="session")
 def deit_tiny_qkv4(deit_tiny):
     """Random-init attention is nearly uniform; scaling qkv makes the maps peaky."""
-    model = copy.deepcopy(deit_tiny)
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(4)
-    return model
+    return peaky(copy.deepcopy(deit_tiny))
 
 
-def model_state(model):
-    """Everything an explainer must hand back unchanged."""
-    return {
-        "training": [m.training for m in model.modules()],
-        "fused": [getattr(m, "fused_attn", None) for m in model.modules()],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
-        "grads": [None if p.grad is None else p.grad.clone() for p in model.parameters()],
-        "hooks": [(len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-                  for m in model.modules()],
-    }
-
-
-def assert_state_equal(before, after):
-    for key in before:
-        if key == "grads":
-            assert all((a is None and b is None) or torch.equal(a, b) for a, b in zip(before[key], after[key]))
-        else:
-            assert before[key] == after[key], key
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A 32x32, 4x4-patch-grid ViT with 3 named classes, saved the way users save theirs."""
+    folder = tmp_path_factory.mktemp("tiny-vit")
+    args = {"num_classes": 3, "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args)
+    with torch.no_grad():  # untrained attention is uniform and would discard to an all-zero map
+        model.cls_token.normal_(std=0.5)
+    peaky(model)
+    save_for_hf(model, folder, model_config={"label_names": LABELS}, model_args=args)
+    return folder

@@ -8,8 +8,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import assert_state_equal, model_state
-from tests.test_math import literal_rollout
+from tests.helpers import assert_state_equal, literal_rollout, model_state, peaky
 from vit_explain import VITAttentionGradRollout, VITAttentionRollout, VITGradWeightedAttention, VITRawAttention
 from vit_explain.methods.adapters import CaitAdapter, TimmAdapter, adapter_for
 from vit_explain.recording import CaitAttentionRecorder
@@ -21,11 +20,10 @@ X = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(13))
 def build_cait(img_size=64):
     torch.manual_seed(0)
     model = timm.create_model("cait_xxs24_224", pretrained=False, img_size=img_size).eval()
+    # Random init attends almost uniformly and CaiT's layer scale starts at 1e-5, which
+    # leaves the gradients at rounding level: sharpen both, as training does.
+    peaky(model)  # the self-attention blocks' qkv; the class-attention blocks have q and k instead
     with torch.no_grad():
-        # Random init attends almost uniformly and CaiT's layer scale starts at 1e-5, which
-        # leaves the gradients at rounding level: sharpen both, as training does.
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(4)
         for block in model.blocks_token_only:
             block.attn.q.weight.mul_(4)
             block.attn.k.weight.mul_(4)

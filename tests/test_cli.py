@@ -8,45 +8,10 @@ import numpy as np
 import pytest
 import timm
 import torch
-from timm.models import save_for_hf
 
 from tests import image_files as files
-from vit_explain.cli.main import main
+from tests.helpers import LABELS, error_lines, run, tiny
 from vit_explain.io.images import image_size
-
-LABELS = ["cat", "dog", "fox"]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory):
-    """A 32x32, 4x4-patch-grid ViT with 3 named classes, saved the way users save theirs."""
-    folder = tmp_path_factory.mktemp("tiny-vit")
-    args = {"num_classes": 3, "img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 48, "num_heads": 3}
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, **args)
-    with torch.no_grad():  # untrained attention is uniform and would discard to an all-zero map
-        model.cls_token.normal_(std=0.5)
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(4)
-    save_for_hf(model, folder, model_config={"label_names": LABELS}, model_args=args)
-    return folder
-
-
-def run(capsys, *args):
-    with pytest.raises(SystemExit) as exit_info:
-        main([str(a) for a in args])
-    captured = capsys.readouterr()
-    return exit_info.value.code, captured.out, captured.err
-
-
-def error_lines(err):
-    """stderr without the progress bar."""
-    return [line for line in err.replace("\r", "\n").splitlines() if line and "explaining" not in line]
-
-
-def tiny(model_dir):
-    return ["--model", f"local-dir:{model_dir}", "--quiet"]
-
 
 def test_folder_of_every_kind_of_image(tiny_model_dir, tmp_path, capsys):
     good = files.write_all_good(tmp_path / "in" / "good")

@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import assert_state_equal, model_state
+from tests.helpers import assert_state_equal, model_state
 from vit_explain import VITAttentionGradRollout, VITAttentionRollout
 
 

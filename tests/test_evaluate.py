@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from tests import image_files as files
-from tests.test_cli import error_lines, run, tiny, tiny_model_dir  # noqa: F401 (fixture)
+from tests.helpers import error_lines, run, tiny
 from vit_explain.math.metrics import (area_under_curve, energy_pointing, patch_order, perturbation_inputs,
                                       pointing_hits, step_masks)
 from vit_explain.methods.evaluation import deletion_insertion

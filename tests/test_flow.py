@@ -5,7 +5,7 @@ import pytest
 import timm
 import torch
 
-from tests.conftest import assert_state_equal, model_state
+from tests.helpers import assert_state_equal, model_state, peaky
 from vit_explain.math.flow import attention_flow, flow_capacities, max_flow_values
 from vit_explain.methods.flow import VITAttentionFlow
 from vit_explain.recording import AttentionRecorder
@@ -21,10 +21,7 @@ def tiny_vit(depth=3, **kwargs):
     torch.manual_seed(0)
     model = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8,
                               depth=depth, embed_dim=48, num_heads=3, **kwargs).eval()
-    with torch.no_grad():
-        for block in model.blocks:
-            block.attn.qkv.weight.mul_(4)
-    return model
+    return peaky(model)
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tests import image_files as files
-from tests.test_cli import error_lines, run, tiny, tiny_model_dir  # noqa: F401 (fixture)
+from tests.helpers import error_lines, run, tiny
 from vit_explain.io.writer import BackgroundWriter
 from vit_explain.methods.base import AttentionExplainer
 

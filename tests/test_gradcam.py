@@ -7,7 +7,7 @@ import timm
 import torch
 from timm.models import SwinTransformer, VisionTransformer
 
-from tests.conftest import assert_state_equal, model_state
+from tests.helpers import assert_state_equal, model_state, plain_gradcam
 from vit_explain.math.gradcam import grad_cam, gradcam_weights
 from vit_explain.methods.gradcam import VITGradCAM
 from vit_explain.recording.activations import ActivationRecorder
@@ -26,7 +26,7 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def peaky(model, factor=20.0):
+def peaky_head(model, factor=20.0):
     """Random-init heads give nearly flat logits; scaling the head makes the gradients class-specific."""
     with torch.no_grad():
         for name in ("head", "head_dist"):
@@ -40,49 +40,28 @@ def peaky(model, factor=20.0):
 @pytest.fixture(scope="module")
 def deit():
     torch.manual_seed(0)
-    return peaky(timm.create_model("deit_tiny_patch16_224", pretrained=False))
+    return peaky_head(timm.create_model("deit_tiny_patch16_224", pretrained=False))
 
 
 @pytest.fixture(scope="module")
 def swin():
     torch.manual_seed(0)
-    return peaky(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False))
+    return peaky_head(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False))
 
 
 @pytest.fixture(scope="module")
 def small_swin():
     """Swin with Swin-T's layout (patch 4, window 7, 4 stages, last stage 7x7) but narrow and shallow."""
     torch.manual_seed(0)
-    return peaky(SwinTransformer(img_size=224, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
-                                 num_classes=1000))
+    return peaky_head(SwinTransformer(img_size=224, embed_dim=24, depths=(1, 1, 2, 1), num_heads=(1, 2, 2, 4),
+                                      num_classes=1000))
 
 
 def small_vit(**kwargs):
     """A 2-block ViT on 64x64 inputs (4x4 grid): cheap models with unusual token layouts."""
     torch.manual_seed(1)
     args = dict(img_size=64, patch_size=16, embed_dim=32, depth=2, num_heads=2, num_classes=10)
-    return peaky(VisionTransformer(**{**args, **kwargs}), 50.0)
-
-
-def plain_gradcam(model, layer_name, x, categories, num_prefix, grid):
-    """Straightforward Grad-CAM written independently of the package: retain_grad + backward on a copy."""
-    model = copy.deepcopy(model).eval().requires_grad_(False)
-    store = {}
-
-    def hook(module, inputs, output):
-        output.retain_grad()
-        store["a"] = output
-
-    # only the target layer's parameters require grad: its output is in the graph, nothing before it
-    dict(model.named_modules())[layer_name].requires_grad_(True).register_forward_hook(hook)
-    logits = model(x)
-    logits = getattr(logits, "logits", logits)  # a Hugging Face model's output object
-    logits[torch.arange(len(x)), torch.as_tensor(categories)].sum().backward()
-    act, grad = store["a"].detach(), store["a"].grad
-    if act.ndim == 3:  # tokens: drop the prefix, lay out on the grid
-        act, grad = (t[:, num_prefix:].reshape(len(x), *grid, -1) for t in (act, grad))
-    cam = torch.relu((act * grad.mean(dim=(1, 2), keepdim=True)).sum(-1))
-    return (cam / cam.amax(dim=(1, 2), keepdim=True)).numpy()
+    return peaky_head(VisionTransformer(**{**args, **kwargs}), 50.0)
 
 
 def nontrivial(masks):
@@ -249,7 +228,7 @@ def test_recorder_restores_state_when_backward_raises(user_model):
 
 def test_distilled_model_has_two_prefix_tokens():
     torch.manual_seed(0)
-    model = peaky(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=3))
+    model = peaky_head(timm.create_model("deit_tiny_distilled_patch16_224", pretrained=False, depth=3))
     assert model.num_prefix_tokens == 2
     masks = VITGradCAM(model)(X2, [3, 4])
     assert masks.shape == (2, 14, 14)
@@ -259,7 +238,7 @@ def test_distilled_model_has_two_prefix_tokens():
 
 def test_dynamic_image_size_gives_a_non_square_grid():
     torch.manual_seed(0)
-    model = peaky(timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True, depth=3))
+    model = peaky_head(timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True, depth=3))
     x = torch.randn(2, 3, 224, 160, generator=torch.Generator().manual_seed(3))
     masks = VITGradCAM(model)(x, [8, 9])
     assert masks.shape == (2, 14, 10)

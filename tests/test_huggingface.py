@@ -12,10 +12,8 @@ from PIL import Image
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
 
 from tests import image_files as files  # noqa: E402
-from tests.conftest import assert_state_equal, model_state  # noqa: E402
-from tests.test_cli import error_lines, run  # noqa: E402
-from tests.test_math import literal_rollout  # noqa: E402
-from tests.test_gradcam import plain_gradcam  # noqa: E402
+from tests.helpers import (assert_state_equal, error_lines, literal_rollout, model_state,  # noqa: E402
+                           plain_gradcam, run)
 from vit_explain import (VITAttentionGradRollout, VITAttentionRollout, VITGradCAM,  # noqa: E402
                          VITGradWeightedAttention, VITRawAttention)
 from vit_explain.methods.adapters import HuggingFaceViTAdapter, adapter_for  # noqa: E402

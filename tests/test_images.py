@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import image_files as files
+from tests import image_files as files
 from vit_explain.io.images import ImageError, find_images, image_size, is_image, load_image
 
 IMAGES_PY = Path(__file__).parents[1] / "vit_explain" / "io" / "images.py"

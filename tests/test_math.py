@@ -2,28 +2,10 @@
 import pytest
 import torch
 
+from tests.helpers import literal_rollout
 from vit_explain.math import (attention_rollout, discard_lowest, fuse_heads, gradient_rollout,
                               readout_rows, scale_to_max, tokens_to_grid)
 from vit_explain.math.select import kth_smallest
-
-
-def literal_rollout(attention, head_fusion, ratio, grad=None):
-    """One sample, full N x N products, exactly as written in design.md."""
-    n = attention.shape[-1]
-    result = torch.eye(n, dtype=torch.float64)
-    for layer, a in enumerate(attention):
-        a = a.double() if grad is None else (a * grad[layer]).double()
-        fused = {"mean": a.mean(0), "max": a.max(0)[0], "min": a.min(0)[0]}[head_fusion]
-        if grad is not None:
-            fused = fused.clamp(min=0)
-        flat = fused.flatten().clone()
-        order = flat.argsort()[: int(n * n * ratio)]
-        order = order[order != 0]
-        flat[order] = 0
-        m = (flat.view(n, n) + torch.eye(n, dtype=torch.float64)) / 2
-        m = m / m.sum(-1, keepdim=True)
-        result = m @ result
-    return result
 
 
 def random_attention(batch=3, layers=4, heads=3, n=17, seed=0):

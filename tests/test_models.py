@@ -3,7 +3,7 @@ import pytest
 import timm
 import torch
 
-from tests.test_math import literal_rollout
+from tests.helpers import literal_rollout, peaky
 from vit_explain import VITAttentionGradRollout, VITAttentionRollout
 from vit_explain.recording import AttentionRecorder
 
@@ -23,12 +23,10 @@ MODELS = [
 def build(name, kwargs):
     torch.manual_seed(0)
     model = timm.create_model(name, pretrained=False, **kwargs).eval()
+    # Random-init attention is nearly uniform and zero-initialised prefix tokens attend
+    # uniformly (ties that discard removes whole): sharpen both, as training does.
+    peaky(model)
     with torch.no_grad():
-        # Random-init attention is nearly uniform and zero-initialised prefix tokens attend
-        # uniformly (ties that discard removes whole): sharpen both, as training does.
-        for module in model.modules():
-            if hasattr(module, "attn_drop") and hasattr(module, "qkv"):
-                module.qkv.weight.mul_(4)
         for token in ("cls_token", "reg_token"):
             if getattr(model, token, None) is not None:
                 getattr(model, token).normal_(std=0.5)

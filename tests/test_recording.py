@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_state_equal, model_state
+from tests.helpers import assert_state_equal, model_state
 from vit_explain import VITAttentionGradRollout, VITAttentionRollout
 from vit_explain.recording import AttentionRecorder
 
