@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ._state import HookSnapshot, RecordingSession, gradients_of, run_forward
+from .session import HookSnapshot, RecordingSession
 
 # Set by transformers >= 5 on (sub)models once its output-capturing hooks are installed.
 HF_HOOK_FLAGS = ("_output_capturing_hooks_installed",)
@@ -94,8 +94,7 @@ class HuggingFaceAttentionRecorder(RecordingSession):
                  reduce=None):
         if not is_huggingface_model(model):
             raise ValueError(f"{type(model).__name__} is not a Hugging Face transformers model")
-        super().__init__(model, freeze=gradients, reduce=reduce)
-        self.gradients = gradients
+        super().__init__(model, gradients=gradients, reduce=reduce)
         self.interpolate_pos_encoding = interpolate_pos_encoding
         self.attentions: list[torch.Tensor] = []
         self._hooks = HookSnapshot(model, HF_HOOK_FLAGS)
@@ -110,7 +109,7 @@ class HuggingFaceAttentionRecorder(RecordingSession):
         super()._restore()
         self._hooks.restore()  # transformers adds hooks of its own on the first output_attentions call
 
-    def _call(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> torch.Tensor:
         kwargs = {"output_attentions": True, "return_dict": True}
         if self.interpolate_pos_encoding:
             kwargs["interpolate_pos_encoding"] = True
@@ -122,13 +121,9 @@ class HuggingFaceAttentionRecorder(RecordingSession):
         self.attentions = [self.reduced(a) for a in attentions]
         return outputs.logits
 
-    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        """Run the model, recording attention (with a graph when gradients are wanted): the logits."""
+    def reset(self) -> None:
         self.attentions = []
-        return run_forward(self._call, input_tensor, self.gradients)
 
     def attention_gradients(self, logits: torch.Tensor, targets) -> list[torch.Tensor]:
         """dL/dA for every layer's attention, keyed by layer; L = sum of each sample's target logit."""
-        if not self.gradients:
-            raise RuntimeError("HuggingFaceAttentionRecorder was created with gradients=False")
-        return gradients_of(logits, targets, self.attentions)
+        return self.gradients_wrt(logits, targets, self.attentions)

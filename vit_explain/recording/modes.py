@@ -5,7 +5,7 @@ import contextlib
 
 from torch import nn
 
-from ._state import ModelState
+from .session import ModelState
 
 
 @contextlib.contextmanager

@@ -1,4 +1,4 @@
-"""Shared by the architecture-specific recorders: the model's state, forward and backward.
+"""The recording session every recorder is built on: the model's state, forward and backward.
 
 `ModelState` puts a model in eval mode (and freezes its parameters for gradient methods) and
 puts back exactly what it found: every submodule's training flag and every parameter's
@@ -46,29 +46,68 @@ class ModelState:
 
 
 class RecordingSession:
-    """Base of the recorders. Entering saves the model's state (eval mode; frozen parameters for
-    gradient methods) and calls install(); leaving, or a failed install, removes the hooks
-    install() registered, switches fused attention back on and restores the state.
+    """Base of the recorders: the protocol every recorder shares.
 
-    `reduce` (recording without gradients only): applied to each block's attention as soon as it
-    is recorded, so only what an explainer needs is kept (e.g. rollout's fused, discarded map
-    instead of every head): less memory held, and the map is reduced while it is in the cache.
+    Entering saves the model's state (eval mode; parameters frozen when gradients are wanted,
+    as only activation gradients are needed) and calls install(); leaving, or a failed install,
+    removes the hooks install() registered, switches fused attention back on and restores the
+    state. `forward(x)` clears what the last call recorded (`reset`), runs `call` (x -> logits;
+    the model itself unless the adapter says otherwise) with a graph when `gradients` is set, and
+    checks that the hooks saw what they should (`check_recorded`). `gradients_wrt(logits,
+    targets, tensors)` is dL/d(tensor) for recorded tensors, refused without `gradients`.
+
+    `reduce` (recording without gradients only): applied to each block's (B, H, N, N) attention
+    as soon as it is recorded, so only what an explainer needs is kept (e.g. rollout's fused,
+    discarded map instead of every head): less memory held, and the map is reduced while it is in
+    the cache. Attention of another shape is kept as it is, for the explainer to name.
     """
 
-    def __init__(self, model: nn.Module, freeze: bool, reduce: Callable | None = None):
-        if freeze and reduce is not None:
+    # The input joins the graph: with frozen parameters, hooked tensors depend on the weights
+    # only through it. A recorder that makes its own leaf (Grad-CAM's) can say False.
+    input_requires_grad = True
+
+    def __init__(self, model: nn.Module, gradients: bool = False, reduce: Callable | None = None,
+                 call: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if gradients and reduce is not None:
             raise ValueError("reduce applies to recording without gradients: dL/dA needs every head")
         self.model = model
+        self.gradients = gradients
         self.reduce = reduce
-        self._state = ModelState(model, freeze=freeze)
+        self.call = call or model
+        self._state = ModelState(model, freeze=gradients)
         self._handles = []
         self._saved_fused: dict[nn.Module, bool] = {}
 
     def install(self) -> None:
         """Register hooks (their handles in self._handles); unfuse() attention modules."""
 
+    def reset(self) -> None:
+        """Forget what the previous forward recorded."""
+
+    def check_recorded(self) -> None:
+        """Raise when the hooks did not see what they should have during the forward."""
+
+    def run(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """One call of the model: logits (recorders that must call the model differently override it)."""
+        return self.call(input_tensor)
+
+    def forward(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """Run the model, recording (with a graph when gradients are wanted): the logits."""
+        self.reset()
+        logits = run_forward(self.run, input_tensor, self.gradients, self.input_requires_grad)
+        self.check_recorded()
+        return logits
+
+    def gradients_wrt(self, logits: torch.Tensor, targets, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """dL/d(tensor) for each recorded tensor, in order; L is the sum over the batch of each
+        sample's target logit (samples do not interact, so each gets its own target's gradient)."""
+        if not self.gradients:
+            raise RuntimeError(f"{type(self).__name__} was created with gradients=False")
+        return gradients_of(logits, targets, tensors)
+
     def reduced(self, attention: torch.Tensor) -> torch.Tensor:
-        return attention if self.reduce is None else self.reduce(attention)
+        square = attention.ndim == 4 and attention.shape[-1] == attention.shape[-2]
+        return attention if self.reduce is None or not square else self.reduce(attention)
 
     def unfuse(self, module: nn.Module) -> None:
         """Fused attention never shows its attention matrix: switch it off for the call."""
@@ -135,15 +174,15 @@ class HookSnapshot:
 
 
 def run_forward(call: Callable[[torch.Tensor], torch.Tensor], input_tensor: torch.Tensor,
-                gradients: bool) -> torch.Tensor:
-    """call(input) under no_grad, or with a graph (the input requiring grad, as the parameters
-    may be frozen) when gradients are wanted, also inside no_grad / inference_mode."""
+                gradients: bool, input_requires_grad: bool = True) -> torch.Tensor:
+    """call(input) under no_grad, or with a graph when gradients are wanted, also inside no_grad /
+    inference_mode (the input requiring grad unless input_requires_grad is False)."""
     if not gradients:
         with torch.no_grad():
             return call(input_tensor)
     with torch.inference_mode(False), torch.enable_grad():
         x = input_tensor.clone() if input_tensor.is_inference() else input_tensor.detach()
-        return call(x.requires_grad_(True))
+        return call(x.requires_grad_(True) if input_requires_grad else x)
 
 
 def gradients_of(logits: torch.Tensor, targets, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
@@ -152,5 +191,7 @@ def gradients_of(logits: torch.Tensor, targets, tensors: Sequence[torch.Tensor])
     with torch.inference_mode(False), torch.enable_grad():
         # clone: targets chosen under inference_mode would be inference tensors
         score = target_score(logits, torch.as_tensor(targets, device=logits.device).clone())
+        if not score.requires_grad:  # nothing recorded lies on the score's graph
+            return [torch.zeros_like(t) for t in tensors]
         grads = torch.autograd.grad(score, list(tensors), allow_unused=True)
     return [torch.zeros_like(t) if g is None else g for t, g in zip(tensors, grads)]
