@@ -37,12 +37,12 @@ against networkx's preflow-push on float capacities (3 blocks, 17 tokens, min cu
 edges, bound 1.5e-8): raw flows differ by <= 4e-9, the normalised rows by <= 1.5e-10.
 tests/test_flow.py checks the cut bound at S = 50 and 1000, where the error is visible.
 
-Speed: scipy's Dinic takes ~8-15 ms per sink on deit_tiny (197 tokens, 12 blocks, ~390k
-edges), ~40% of it in the two transposes maximum_flow makes to add reverse edges on every call
-(scipy's API cannot skip them): 1.6-3 s per image in all, on one core of a shared 2-core CPU at
-load average 3-5 (benchmarks/bench_flow.py). Edmonds-Karp is ~150x slower here; networkx's
-preflow-push needs ~10 minutes. A max-flow solver is inherently per sample, so the batch is a
-Python loop (a 2-process pool over the sinks did not pay on a shared 2-core machine).
+Speed: scipy's Dinic is the fastest solver tried; a good part of each call goes into the two
+transposes maximum_flow makes to add reverse edges (scipy's API cannot skip them).
+Edmonds-Karp and networkx's preflow-push are orders of magnitude slower. A max-flow solver is
+inherently per sample, so the batch is a Python loop (a 2-process pool over the sinks did not
+pay on a shared 2-core machine). Measured timings: the README's benchmark table and
+benchmarks/bench_flow.py.
 """
 from __future__ import annotations
 

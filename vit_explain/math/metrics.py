@@ -9,7 +9,10 @@ Energy-based pointing game (Wang et al., Score-CAM 2020): the share of the map's
 """
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 
 def patch_order(maps: torch.Tensor) -> torch.Tensor:
@@ -67,3 +70,34 @@ def energy_pointing(maps: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
     total = maps.flatten(1).sum(1)
     inside = (maps * objects.float()).flatten(1).sum(1)
     return torch.where(total > 0, inside / total.clamp(min=1e-12), torch.zeros_like(total))
+
+
+BASELINES = ("blur", "mean", "zero")
+
+
+def blurred(image: torch.Tensor) -> torch.Tensor:
+    """A strong Gaussian blur (sigma = 1/28 of the longer side), as RISE's blur baseline."""
+    sigma = max(image.shape[-2:]) / 28
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=image.dtype, device=image.device)
+    kernel = torch.exp(-offsets ** 2 / (2 * sigma ** 2))
+    kernel = kernel / kernel.sum()
+    channels = image.shape[0]
+    x = image[None]
+    x = nn.functional.pad(x, (radius, radius, 0, 0), mode="replicate")
+    x = nn.functional.conv2d(x, kernel.view(1, 1, 1, -1).expand(channels, 1, 1, -1), groups=channels)
+    x = nn.functional.pad(x, (0, 0, radius, radius), mode="replicate")
+    x = nn.functional.conv2d(x, kernel.view(1, 1, -1, 1).expand(channels, 1, -1, 1), groups=channels)
+    return x[0]
+
+
+def baseline_of(image: torch.Tensor, kind: str) -> torch.Tensor:
+    """What a removed patch becomes: a blurred copy, the image's mean colour, or zero (in the
+    model's normalised input space zero is the training set's mean colour)."""
+    if kind == "blur":
+        return blurred(image)
+    if kind == "mean":
+        return image.mean(dim=(-2, -1), keepdim=True).expand_as(image)
+    if kind == "zero":
+        return torch.zeros_like(image)
+    raise ValueError(f"baseline must be one of {', '.join(BASELINES)}; got {kind!r}")

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..math import gradient_weighted_attention, raw_attention, scale_to_max, tokens_to_grid
+from ..math import gradient_weighted_attention, raw_attention
+from ..recording import DEFAULT_ATTENTION_LAYER, LayerError
 from .base import AttentionExplainer, Explanation, readout_for
 
 
@@ -17,7 +18,7 @@ class VITGradWeightedAttention(AttentionExplainer):
 
     needs_gradients = True
 
-    def __init__(self, model, attention_layer_name="attn_drop"):
+    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER):
         super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
 
     def relevance(self, attentions, gradients, layout):
@@ -27,19 +28,20 @@ class VITGradWeightedAttention(AttentionExplainer):
 class VITRawAttention(AttentionExplainer):
     """The class token's attention at one block (default the last), mean over the heads.
 
-    For average-pooled models the mean over the patch rows is shown instead. `explain_heads()`
-    gives one map per head, (B, heads, gh, gw): the DINO / CaiT-paper view.
+    For average-pooled models the mean over the patch rows is shown instead. `explain()` also
+    fills `Explanation.head_masks` with one map per head, (B, heads, gh, gw), from the same
+    forward pass: the DINO / CaiT-paper view.
     """
 
-    def __init__(self, model, attention_layer_name="attn_drop", layer: int = -1):
+    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, layer: int = -1):
         super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
         blocks = self.attention_block_count()
         if not -blocks <= layer < blocks:
-            raise ValueError(f"layer {layer} is out of range: the model has {blocks} attention blocks "
+            raise LayerError(f"layer {layer} is out of range: the model has {blocks} attention blocks "
                              f"(0..{blocks - 1}, or -1 for the last)")
         skipped = self.adapter.blocks_the_readout_skips()
         if layer % blocks in skipped:
-            raise ValueError(
+            raise LayerError(
                 f"layer {layer} of {type(model).__name__} is a self-attention block over the patches, "
                 f"where the class token takes no part: its raw attention exists from layer {skipped.stop} "
                 f"to {blocks - 1} (the class-attention blocks)")
@@ -53,8 +55,7 @@ class VITRawAttention(AttentionExplainer):
         return raw_attention(attention, readout_for([attention], layout))
 
     def explain_heads(self, input_tensor) -> Explanation:
-        """masks (B, heads, gh, gw), each head's map scaled to its own maximum."""
-        attentions, _, logits, targets, layout = self.record(input_tensor, None)
-        with torch.no_grad():
-            maps = tokens_to_grid(self.head_relevance(attentions, layout), layout.num_prefix, layout.grid)
-        return Explanation(scale_to_max(maps.float()), logits, targets)
+        """The per-head maps as `masks` (B, heads, gh, gw): the 0.1 interface, kept for scripts
+        written against it. `explain(x).head_masks` holds the same maps beside the mean map."""
+        explanation = self.explain(input_tensor)
+        return Explanation(explanation.head_masks, explanation.logits, explanation.targets)

@@ -1,53 +1,91 @@
-"""What every attention explainer shares: validation, recording, layout, mask shaping.
+"""What every explainer shares: the adapter, input checks, the explained class, mask shaping.
 
-What differs between architectures (input sizes, how attention is recorded, prefix tokens,
-pooling, grid) is asked of the explainer's `adapter` (see `adapters.py`), chosen per model.
+What differs between architectures (input sizes, how to call the model, how attention is
+recorded, prefix tokens, pooling, grid) is asked of the explainer's `adapter` (see
+`adapters/`), chosen per model; what differs between methods is one `relevance` function.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
-from ..recording import resolve_targets
-from .adapters import Adapter, adapter_for
-from .layout import TokenLayout
+from ..recording import DEFAULT_ATTENTION_LAYER, resolve_targets
+from .adapters import Adapter, TokenLayout, adapter_for
 
 COMPAT_MODES = (None, "vit-explain")
 
 
 @dataclass
 class Explanation:
-    """Tensors for people who want them.
+    """Where the model looked for a batch of images, and what it was explaining.
 
-    masks:   (B, gh, gw) float32, each map scaled so its maximum is 1 (an all-zero map stays 0)
-    logits:  (B, num_classes) the model's output for the input
-    targets: (B,) long, the class each mask explains (the predicted class where none was given)
+    masks:      (B, gh, gw) float32 over the patch grid, each map scaled so its maximum is 1 (an
+                all-zero map stays 0)
+    logits:     (B, num_classes) the model's output for the input
+    targets:    (B,) long, the class each mask explains (the predicted class where none was given;
+                class-agnostic methods report the predicted class)
+    head_masks: (B, heads, gh, gw) float32, one map per attention head, each scaled to its own
+                maximum, for methods that show heads (raw attention); None otherwise
     """
     masks: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
+    head_masks: torch.Tensor | None = None
 
 
-class AttentionExplainer:
-    """Base class: subclasses define `needs_gradients` and `relevance`, and may define
-    `block_reduction`."""
+class Explainer:
+    """Base of every explainer: `explain(x, category_index) -> Explanation`, and `__call__`
+    giving a float32 numpy mask, (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
+
+    def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
+        # picks the model family (adapters/); fails at construction, not at the first call
+        self.adapter: Adapter = adapter_for(model, attention_layer_name)
+        self.model = model
+
+    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+        raise NotImplementedError
+
+    def model_input(self, input_tensor: torch.Tensor) -> torch.Tensor:
+        """The checked input on the model's device, in its dtype."""
+        self.adapter.check_input(input_tensor)
+        param = next(self.model.parameters(), None)
+        return input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
+
+    def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
+        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
+        masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
+        return masks[0] if masks.shape[0] == 1 else masks
+
+
+class Recording(NamedTuple):
+    """What one forward (and backward) left for the relevance math (a tuple, so that it also
+    unpacks as the 5-tuple record() returned before it had names)."""
+    attentions: list        # per block, what block_reduction() made of (B, H, N, N), or the attention
+    gradients: list | None  # per block dL/dA, for methods that need gradients
+    logits: torch.Tensor
+    targets: torch.Tensor
+    layout: TokenLayout
+
+
+class AttentionExplainer(Explainer):
+    """Base of the attention methods: subclasses define `needs_gradients` and `relevance`, and
+    may define `block_reduction` and `head_relevance`."""
 
     needs_gradients = False
 
-    def __init__(self, model: nn.Module, attention_layer_name: str = "attn_drop",
+    def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER,
                  head_fusion: str = "mean", discard_ratio: float = 0.9, compat: str | None = None):
         check_head_fusion(head_fusion)
         check_discard_ratio(discard_ratio)
         if compat not in COMPAT_MODES:
             raise ValueError(f"compat must be None or 'vit-explain'; got {compat!r}")
-        # picks timm ViT-style / CaiT / Hugging Face; fails at construction, not at the first call
-        self.adapter: Adapter = adapter_for(model, attention_layer_name)
-        self.model = model
-        self.attention_layer_name = attention_layer_name
+        super().__init__(model, attention_layer_name)
+        self.adapter.check_attention()
         self.head_fusion = head_fusion
         self.discard_ratio = float(discard_ratio)
         self.compat = compat
@@ -57,18 +95,20 @@ class AttentionExplainer:
         what `block_reduction()` made of each block's attention (the attention itself by default)."""
         raise NotImplementedError
 
+    def head_relevance(self, attentions, layout: TokenLayout) -> torch.Tensor | None:
+        """(B, H, N) relevance per attention head, for methods that show heads; None otherwise."""
+        return None
+
     def block_reduction(self):
         """None, or a function applied to each block's (B, H, N, N) attention as it is recorded
         (methods without gradients only), when `relevance` needs less than every head."""
         return None
 
-    def record(self, input_tensor: torch.Tensor, category_index=None, reduce=None):
-        """Run the model once: (attentions, gradients or None, logits, targets, layout).
-        With `reduce` (no gradients), each block's attention is kept only as reduce(attention)."""
-        self.adapter.check_input(input_tensor)
-        param = next(self.model.parameters(), None)
-        x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
-        with self.adapter.recorder(gradients=self.needs_gradients, reduce=_square_only(reduce)) as rec:
+    def record(self, input_tensor: torch.Tensor, category_index=None, reduce=None) -> Recording:
+        """Run the model once (and backward for gradient methods). With `reduce` (no gradients),
+        each block's attention is kept only as reduce(attention)."""
+        x = self.model_input(input_tensor)
+        with self.adapter.recorder(gradients=self.needs_gradients, reduce=reduce) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradients = None
@@ -79,38 +119,23 @@ class AttentionExplainer:
         layout = self.adapter.layout(tuple(x.shape[-2:]), attentions[0].shape[-1])
         if self.compat:
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
-        return attentions, gradients, logits.detach(), targets, layout
+        return Recording(attentions, gradients, logits.detach(), targets, layout)
 
     def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
-        attentions, gradients, logits, targets, layout = self.record(input_tensor, category_index,
-                                                                     reduce=self.block_reduction())
+        rec = self.record(input_tensor, category_index, reduce=self.block_reduction())
+        layout = rec.layout
         # Under a caller's autocast only the model runs in low precision; the relevance math
         # stays in the attention's own dtype.
-        with torch.no_grad(), torch.autocast(attentions[0].device.type, enabled=False):
-            relevance = self.relevance(attentions, gradients, layout)
+        with torch.no_grad(), torch.autocast(rec.attentions[0].device.type, enabled=False):
+            relevance = self.relevance(rec.attentions, rec.gradients, layout)
             masks = scale_to_max(tokens_to_grid(relevance, layout.num_prefix, layout.grid).float())
-        return Explanation(masks, logits, targets)
+            heads = self.head_relevance(rec.attentions, layout)
+            if heads is not None:
+                heads = scale_to_max(tokens_to_grid(heads, layout.num_prefix, layout.grid).float())
+        return Explanation(masks, rec.logits, rec.targets, heads)
 
     def attention_block_count(self) -> int:
         return self.adapter.block_count()
-
-    def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
-        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
-        masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
-        return masks[0] if masks.shape[0] == 1 else masks
-
-
-def _square_only(reduce):
-    """reduce, leaving attention of a shape rollout cannot use (not (B, H, N, N)) as it is, for
-    check_attention_shapes to name."""
-    if reduce is None:
-        return None
-
-    def reduce_square(attention: torch.Tensor) -> torch.Tensor:
-        if attention.ndim != 4 or attention.shape[-1] != attention.shape[-2]:
-            return attention
-        return reduce(attention)
-    return reduce_square
 
 
 def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..math.flow import DEFAULT_SCALE, attention_flow
+from ..recording import DEFAULT_ATTENTION_LAYER
 from .base import AttentionExplainer, readout_for
 
 
@@ -10,8 +11,9 @@ class VITAttentionFlow(AttentionExplainer):
     capacities of a layered graph; a token's relevance is the max flow from the classifier's
     readout (the class token, or every patch with capacity 1/num_patches for average-pooled
     models) down to that input token. Exact, on scipy's max-flow solver (capacities scaled to
-    integers by 2**30, see vit_explain/math/flow.py); 1.6-3 s per deit_tiny image on one CPU
-    core, one image after the other.
+    integers by 2**30, see vit_explain/math/flow.py); one max-flow problem per patch, so it is
+    far slower than rollout (the README's benchmark table has the numbers) and batching does
+    not speed it up.
 
     `VITAttentionFlow(model)(input_tensor)` returns a float32 numpy mask over the patch grid,
     (gh, gw) for one image or (B, gh, gw) for a batch. Class-agnostic, without head fusion or
@@ -20,14 +22,10 @@ class VITAttentionFlow(AttentionExplainer):
 
     scale = DEFAULT_SCALE
 
-    def __init__(self, model, attention_layer_name="attn_drop", compat=None):
+    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, compat=None):
         if compat is not None:
             raise ValueError(f"compat applies to rollout only; attention flow has no compat mode (got {compat!r})")
         super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
 
     def relevance(self, attentions, gradients, layout):
         return attention_flow(attentions, readout_for(attentions, layout)[:, 0], scale=self.scale)
-
-    def __call__(self, input_tensor, category_index=None):
-        # Flow is class-agnostic; category_index is accepted for a uniform interface.
-        return super().__call__(input_tensor, category_index)

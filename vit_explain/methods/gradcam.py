@@ -1,20 +1,13 @@
 """Grad-CAM for vision transformers: where a layer's features, weighted by the class's gradient, lie."""
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from ..math import scale_to_max
 from ..math.gradcam import grad_cam
-from ..recording import resolve_targets
-from ..recording.activations import ActivationRecorder, default_target_layer, find_module
-from ..recording.huggingface import is_huggingface_model
-from .adapters import HuggingFaceViTAdapter
-from .base import Explanation
-from .layout import check_input, token_layout
-
-HF_TARGET_SUFFIX = "layernorm_before"  # transformers' name for a ViT layer's first normalisation
+from ..recording import find_module, resolve_targets
+from .base import Explainer, Explanation
 
 
 def is_channels_first(module: nn.Module) -> bool:
@@ -25,17 +18,16 @@ def is_channels_first(module: nn.Module) -> bool:
     return type(module).__name__.lower().endswith("2d")
 
 
-def feature_map(model: nn.Module, module: nn.Module, tensor: torch.Tensor,
-                image_hw: tuple[int, int], layout=None) -> torch.Tensor:
+def feature_map(module: nn.Module, tensor: torch.Tensor, image_hw: tuple[int, int], layout) -> torch.Tensor:
     """A target layer's output (or its gradient) as a channels-last grid (B, gh, gw, C).
 
     (B, N, C) token sequences lose their prefix tokens (class, distillation, registers) and are
-    laid out on the patch grid of this input (`layout(image_hw, num_tokens)`, timm's by default);
+    laid out on the patch grid of this input (`layout(image_hw, num_tokens)`, the adapter's);
     (B, H, W, C) maps (Swin) are used as they are; (B, C, H, W) maps of convolution-like modules
     are moved to channels-last.
     """
-    if tensor.ndim == 3:
-        tokens = (layout or (lambda hw, n: token_layout(model, hw, n)))(image_hw, tensor.shape[1])
+    if tensor.ndim == 3:  # (B, N, C) tokens -> (B, gh, gw, C) patches
+        tokens = layout(image_hw, tensor.shape[1])
         gh, gw = tokens.grid
         return tensor[:, tokens.num_prefix:].reshape(tensor.shape[0], gh, gw, tensor.shape[-1])
     if tensor.ndim == 4:
@@ -46,49 +38,36 @@ def feature_map(model: nn.Module, module: nn.Module, tensor: torch.Tensor,
     )
 
 
-class VITGradCAM:
+class VITGradCAM(Explainer):
     """Grad-CAM for transformers: relu(sum_c w_c A_c) on the target layer's patch grid, where A is
     the layer's output and w_c the spatial mean of dL/dA_c for the explained class's logit L.
 
     `VITGradCAM(model, target_layer=None)(input_tensor, category_index=None)` returns a float32
     numpy mask over the patch grid, (gh, gw) for one image or (B, gh, gw) for a batch, each map
-    scaled so its maximum is 1. target_layer is a dotted module name; the default is the last
-    module named `norm1` (the last block's first normalisation: `blocks.11.norm1` for a 12-block
-    ViT, `layers.3.blocks.1.norm1` for Swin-T), or `layernorm_before` for a Hugging Face ViT
-    (e.g. `vit.encoder.layer.11.layernorm_before`), whose input sizes and token layout come from its
-    `adapter` (replaceable, as for the attention explainers).
+    scaled so its maximum is 1. target_layer is a dotted module name; the default is the model
+    family's (its adapter's `default_gradcam_layer()`): the last module named `norm1` for timm
+    models (the last block's first normalisation: `blocks.11.norm1` for a 12-block ViT,
+    `layers.3.blocks.1.norm1` for Swin-T), the last `layernorm_before` for a Hugging Face ViT
+    (e.g. `vit.encoder.layer.11.layernorm_before`). Input sizes, the model call and the token
+    layout come from the `adapter` (replaceable, as for the attention explainers).
     """
 
     def __init__(self, model: nn.Module, target_layer: str | None = None):
-        self.adapter = HuggingFaceViTAdapter(model) if is_huggingface_model(model) else None
-        name = target_layer
-        if name is None:
-            name = default_target_layer(model, HF_TARGET_SUFFIX) if self.adapter else default_target_layer(model)
+        super().__init__(model)
+        name = self.adapter.default_gradcam_layer() if target_layer is None else target_layer
         self.module = find_module(model, name)  # fail at construction, not at the first call
-        self.model = model
         self.target_layer = name
 
     def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
-        if self.adapter:
-            self.adapter.check_input(input_tensor)
-        else:
-            check_input(self.model, input_tensor)
-        param = next(self.model.parameters(), None)
-        x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
-        with ActivationRecorder(self.model, self.target_layer, call=self.adapter and self.adapter.logits) as rec:
+        x = self.model_input(input_tensor)
+        with self.adapter.activation_recorder(self.target_layer) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradient = rec.gradient(logits, targets).detach()
             activation = rec.activation.detach()
         image_hw = tuple(x.shape[-2:])
         with torch.no_grad():
-            layout = self.adapter and self.adapter.layout
-            activation = feature_map(self.model, self.module, activation, image_hw, layout)
-            gradient = feature_map(self.model, self.module, gradient, image_hw, layout)
+            activation = feature_map(self.module, activation, image_hw, self.adapter.layout)
+            gradient = feature_map(self.module, gradient, image_hw, self.adapter.layout)
             masks = scale_to_max(grad_cam(activation, gradient).float())
         return Explanation(masks, logits.detach(), targets)
-
-    def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
-        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
-        masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
-        return masks[0] if masks.shape[0] == 1 else masks

@@ -5,6 +5,7 @@ from functools import partial
 
 from ..math import (compat_gradient_rollout, compat_rollout_rows, gradient_rollout, push_through_blocks,
                     rollout_block)
+from ..recording import DEFAULT_ATTENTION_LAYER
 from .base import AttentionExplainer, readout_for
 
 
@@ -28,10 +29,6 @@ class VITAttentionRollout(AttentionExplainer):
             return compat_rollout_rows(blocks)
         return push_through_blocks(blocks, readout_for(blocks, layout))[:, 0]
 
-    def __call__(self, input_tensor, category_index=None):
-        # Rollout is class-agnostic; category_index is accepted for a uniform interface.
-        return super().__call__(input_tensor, category_index)
-
 
 class VITAttentionGradRollout(AttentionExplainer):
     """Gradient attention rollout: each block's attention weighted by dL/dA of the chosen class's logit.
@@ -43,7 +40,7 @@ class VITAttentionGradRollout(AttentionExplainer):
 
     needs_gradients = True
 
-    def __init__(self, model, attention_layer_name="attn_drop", discard_ratio=0.9,
+    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, discard_ratio=0.9,
                  head_fusion="mean", compat=None):
         super().__init__(model, attention_layer_name, head_fusion, discard_ratio, compat)
 

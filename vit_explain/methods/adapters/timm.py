@@ -1,25 +1,20 @@
-"""Architecture adapter: where the patches are in the token sequence and how they form a grid."""
+"""timm ViT-style models (ViT, DeiT, registers, gap, BEiT, EVA, ...): hooks on the module that
+receives each block's post-softmax attention (`attn_drop`, or the caller's attention_layer_name).
+
+Where the patches are in the token sequence and how they form a grid is read from timm's
+attribute names: `num_prefix_tokens`, `global_pool`, `patch_embed.{grid_size, patch_size,
+img_size, dynamic_img_size}`.
+"""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-import torch
 from torch import nn
 
+from ...recording import DEFAULT_ATTENTION_LAYER, AttentionRecorder, find_attention_modules
+from .base import Adapter, TokenLayout, check_input_shape, pair, seeded, sharpen_attention
 
 MAX_PREFIX_TOKENS = 32  # class + distillation + registers; more would be a misread grid
-
-
-@dataclass(frozen=True)
-class TokenLayout:
-    num_prefix: int            # class / distillation / register tokens before the patches
-    pooling: str               # "token": the classifier reads token 0; "avg": the mean of the patches
-    grid: tuple[int, int]      # (gh, gw) patch grid
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
 def num_prefix_tokens(model: nn.Module) -> int:
@@ -42,9 +37,9 @@ def grid_candidates(model: nn.Module, image_hw: tuple[int, int]) -> list[tuple[i
         if getattr(embed, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
             candidates.append(tuple(embed.dynamic_feat_size(tuple(image_hw))))
         if getattr(embed, "grid_size", None) is not None:
-            candidates.append(_pair(embed.grid_size))
+            candidates.append(pair(embed.grid_size))
         if getattr(embed, "patch_size", None) is not None:
-            ph, pw = _pair(embed.patch_size)
+            ph, pw = pair(embed.patch_size)
             candidates.append((image_hw[0] // ph, image_hw[1] // pw))
     return [(int(gh), int(gw)) for gh, gw in candidates]
 
@@ -78,28 +73,49 @@ def check_input(model: nn.Module, input_tensor) -> None:
     channels = getattr(proj, "in_channels", 3)
     dynamic = bool(getattr(embed, "dynamic_img_size", False))
     strict = embed is not None and getattr(embed, "strict_img_size", False) and not dynamic
-    img_size = _pair(embed.img_size) if strict and getattr(embed, "img_size", None) else None
-    patch = _pair(getattr(embed, "patch_size", 1) or 1)
+    img_size = pair(embed.img_size) if strict and getattr(embed, "img_size", None) else None
+    patch = pair(getattr(embed, "patch_size", 1) or 1)
     check_input_shape(input_tensor, channels, img_size, patch)
 
 
-def check_input_shape(input_tensor, channels: int, img_size: tuple[int, int] | None,
-                      patch: tuple[int, int] = (1, 1), note: str = "") -> None:
-    """ValueError unless input_tensor is a float (B, channels, H, W) tensor of size img_size
-    (any size of at least one patch when img_size is None). note is appended to the message."""
-    if img_size:
-        expected = f"(B, {channels}, {img_size[0]}, {img_size[1]})"
-    else:
-        expected = f"(B, {channels}, H, W) with H >= {patch[0]} and W >= {patch[1]}"
-    if not torch.is_tensor(input_tensor):
-        raise ValueError(f"expected an input tensor of shape {expected}, got {type(input_tensor).__name__}{note}")
-    shape = tuple(input_tensor.shape)
-    ok = input_tensor.ndim == 4 and shape[1] == channels and shape[0] > 0
-    if ok and img_size:
-        ok = shape[2:] == tuple(img_size)
-    elif ok:
-        ok = shape[2] >= patch[0] and shape[3] >= patch[1]
-    if not ok:
-        raise ValueError(f"expected an input tensor of shape {expected}, got {shape}{note}")
-    if not input_tensor.is_floating_point():
-        raise ValueError(f"expected a floating-point input tensor, got dtype {input_tensor.dtype}")
+class TimmAdapter(Adapter):
+    """timm ViT-style models, and the fallback for any other module: hooks on the module named
+    attention_layer_name (a dotted-name suffix, default `attn_drop`) in every block."""
+
+    def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
+        super().__init__(model)
+        self.attention_layer_name = attention_layer_name
+
+    @classmethod
+    def matches(cls, model: nn.Module, attention_layer_name: str) -> bool:
+        return True
+
+    @classmethod
+    def for_model(cls, model: nn.Module, attention_layer_name: str) -> "TimmAdapter":
+        return cls(model, attention_layer_name)
+
+    @classmethod
+    def example(cls) -> nn.Module:
+        """A 2-block ViT on 32x32 inputs (a 4x4 patch grid), a class token and 5 classes."""
+        import timm
+        model = seeded(lambda: timm.create_model(
+            "vit_tiny_patch16_224", pretrained=False, img_size=32, patch_size=8, depth=2, embed_dim=48,
+            num_heads=3, num_classes=5))
+        sharpen_attention(model.blocks)
+        return model
+
+    def check_input(self, input_tensor) -> None:
+        check_input(self.model, input_tensor)
+
+    def recorder(self, gradients: bool, reduce=None) -> AttentionRecorder:
+        return AttentionRecorder(self.model, self.attention_layer_name, gradients=gradients, reduce=reduce,
+                                 call=self.logits)
+
+    def layout(self, image_hw, num_tokens) -> TokenLayout:
+        return token_layout(self.model, image_hw, num_tokens)
+
+    def block_count(self) -> int:
+        return len(find_attention_modules(self.model, self.attention_layer_name))
+
+    def check_attention(self) -> None:
+        find_attention_modules(self.model, self.attention_layer_name)

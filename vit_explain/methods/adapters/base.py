@@ -1,0 +1,135 @@
+"""The adapter contract: everything an explainer may ask about one family of models.
+
+An adapter is the only owner of model knowledge. The explainers ask it:
+
+* `check_input(x)`: ValueError, naming the expected and the given shape, for an input the
+  model cannot take;
+* `logits(x)`: the model's scores for the input (the one way to call the model);
+* `recorder(gradients, reduce=None)`: a `RecordingSession` with `.forward(x) -> logits`,
+  `.attentions` (one (B, H, N, N) tensor per block, in forward order, all over the same N
+  tokens, each passed through `reduce` when given) and `.attention_gradients(logits, targets)`
+  (dL/dA per block, keyed by block);
+* `activation_recorder(layer)` and `default_gradcam_layer()`: Grad-CAM's recording and layer;
+* `layout(image_hw, num_tokens)`: the `TokenLayout` (prefix tokens, pooling, patch grid);
+* `block_count()`, `blocks_the_readout_skips()`, `check_attention()`;
+* `example()`: a small random-init model of the family (no download), on which the contract
+  tests (tests/test_contracts.py) run every method of the method table.
+
+The rule every adapter keeps: the model is handed back exactly as it came (training flags,
+requires_grad, fused-attention flags, hooks, also when a call raises). The recorders in
+`vit_explain.recording` do that; an adapter never patches `forward` or flips a flag itself.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ...recording import ActivationRecorder, RecordingSession, default_target_layer
+
+
+@dataclass(frozen=True)
+class TokenLayout:
+    num_prefix: int            # class / distillation / register tokens before the patches
+    pooling: str               # "token": the classifier reads token 0; "avg": the mean of the patches
+    grid: tuple[int, int]      # (gh, gw) patch grid
+
+
+def pair(value) -> tuple[int, int]:
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+def check_input_shape(input_tensor, channels: int, img_size: tuple[int, int] | None,
+                      patch: tuple[int, int] = (1, 1), note: str = "") -> None:
+    """ValueError unless input_tensor is a float (B, channels, H, W) tensor of size img_size
+    (any size of at least one patch when img_size is None). note is appended to the message."""
+    if img_size:
+        expected = f"(B, {channels}, {img_size[0]}, {img_size[1]})"
+    else:
+        expected = f"(B, {channels}, H, W) with H >= {patch[0]} and W >= {patch[1]}"
+    if not torch.is_tensor(input_tensor):
+        raise ValueError(f"expected an input tensor of shape {expected}, got {type(input_tensor).__name__}{note}")
+    shape = tuple(input_tensor.shape)
+    ok = input_tensor.ndim == 4 and shape[1] == channels and shape[0] > 0
+    if ok and img_size:
+        ok = shape[2:] == tuple(img_size)
+    elif ok:
+        ok = shape[2] >= patch[0] and shape[3] >= patch[1]
+    if not ok:
+        raise ValueError(f"expected an input tensor of shape {expected}, got {shape}{note}")
+    if not input_tensor.is_floating_point():
+        raise ValueError(f"expected a floating-point input tensor, got dtype {input_tensor.dtype}")
+
+
+class Adapter:
+    """Base class; see the module docstring. Subclasses define `matches`, `example` and the
+    abstract methods."""
+
+    # Whether the blocks' token-to-token attention can be recorded: the attention methods
+    # (rollout, Chefer, raw attention, flow) need it; Grad-CAM does not.
+    token_attention = True
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+
+    @classmethod
+    def matches(cls, model: nn.Module, attention_layer_name: str) -> bool:
+        """Whether this adapter explains the model (adapters are tried in `ADAPTERS` order)."""
+        raise NotImplementedError
+
+    @classmethod
+    def for_model(cls, model: nn.Module, attention_layer_name: str) -> "Adapter":
+        return cls(model)
+
+    @classmethod
+    def example(cls) -> nn.Module:
+        """A small random-init model of this family in eval mode, the same on every call."""
+        raise NotImplementedError
+
+    def check_input(self, input_tensor) -> None:
+        raise NotImplementedError
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def recorder(self, gradients: bool, reduce=None) -> RecordingSession:
+        raise NotImplementedError
+
+    def activation_recorder(self, layer: str) -> ActivationRecorder:
+        return ActivationRecorder(self.model, layer, call=self.logits)
+
+    def default_gradcam_layer(self) -> str:
+        return default_target_layer(self.model)
+
+    def layout(self, image_hw: tuple[int, int], num_tokens: int) -> TokenLayout:
+        raise NotImplementedError
+
+    def block_count(self) -> int:
+        raise NotImplementedError
+
+    def check_attention(self) -> None:
+        """ValueError when the model's attention cannot be recorded (called when an attention
+        explainer is built, so that it fails there and not at the first call)."""
+
+    def blocks_the_readout_skips(self) -> range:
+        """Blocks in which the token the classifier reads takes no part (its row is the identity)."""
+        return range(0)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({type(self.model).__name__})"
+
+
+def seeded(build, seed: int = 0) -> nn.Module:
+    """build() under a fixed seed, without disturbing the caller's random state; eval mode."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().eval()
+
+
+def sharpen_attention(blocks, factor: float = 4.0) -> None:
+    """Scale every block's qkv weights: random-init attention is nearly uniform, and examples
+    whose maps differ from patch to patch make better tests."""
+    with torch.no_grad():
+        for block in blocks:
+            block.attn.qkv.weight.mul_(factor)
