@@ -14,7 +14,11 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
-__all__ = ["ImageError", "find_images", "find_inputs", "image_size", "is_image", "load_image"]
+__all__ = ["MAX_PIXELS", "ImageError", "find_images", "find_inputs", "image_size", "is_image", "load_image"]
+
+# Larger images are decoded reduced (keeping their aspect): a bounded amount of memory per image,
+# far more pixels than any overlay needs.
+MAX_PIXELS = 25_000_000
 
 # Above this we refuse outright: even a reduced decode of such a file takes too long to be useful.
 ABSURD_PIXELS = 10_000_000_000
@@ -146,7 +150,7 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = 40_000_000) -> Image.Image:
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Decode an image fully into 8-bit RGB, EXIF orientation applied, at most `max_pixels` pixels.
 
     Larger images are reduced (aspect kept); JPEGs are decoded at 1/2, 1/4 or 1/8 scale directly

@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
 from collections import Counter
 from contextlib import contextmanager
+from io import BytesIO
 from pathlib import Path
 
 import cv2
@@ -78,20 +80,24 @@ def write_png(path: Path, image_bgr: np.ndarray) -> None:
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:
-    import io
-    buffer = io.BytesIO()
+    buffer = BytesIO()
     np.save(buffer, array)
     atomic_write(path, buffer.getvalue())
 
 
 class Manifest:
     """manifest.json in the output folder: one entry per input, kept across runs so that a
-    re-run which skips finished images still lists them."""
+    re-run which skips finished images still lists them.
+
+    It is also the run's last output sink (see sinks.py): write() lists an explained image with
+    the outputs the other sinks wrote for it, close() saves the file. Entries may be added from
+    the writer threads."""
 
     def __init__(self, output_dir: Path, header: dict):
         self.path = output_dir / "manifest.json"
         self.header = header
         self.entries: dict[str, dict] = {}
+        self._lock = threading.Lock()
         try:
             previous = json.loads(self.path.read_text())
             self.entries = {entry["input"]: entry for entry in previous.get("images", [])}
@@ -99,13 +105,25 @@ class Manifest:
             pass
 
     def get(self, input_path: str) -> dict | None:
-        return self.entries.get(input_path)
+        with self._lock:
+            return self.entries.get(input_path)
 
     def add(self, entry: dict) -> None:
-        self.entries[entry["input"]] = entry
+        with self._lock:
+            self.entries[entry["input"]] = entry
+
+    def done(self, base: Path) -> bool:
+        return True  # an entry never needs redoing by itself: the files it lists do
+
+    def write(self, item) -> None:
+        self.add({"input": str(item.input), "status": "explained", "outputs": dict(item.outputs), **item.entry})
+
+    def close(self) -> None:
+        self.save()
 
     def save(self) -> None:
-        document = dict(self.header, images=sorted(self.entries.values(), key=lambda e: e["input"]))
+        with self._lock:
+            document = dict(self.header, images=sorted(self.entries.values(), key=lambda e: e["input"]))
         with atomic_file(self.path, "w") as file:  # streamed: no copy of a large manifest as one string
             json.dump(document, file, indent=2)
             file.write("\n")

@@ -12,11 +12,14 @@ from pathlib import Path
 from PIL import Image
 from torch import nn
 
-from .models import HF_PREFIX, ModelLoadError, first_line, hf_offline, reachable
+from .hub import ModelLoadError, first_line, hf_offline, reachable
+
+HF_PREFIX = "hf:"
 
 
-def load_transformers(name: str) -> nn.Module:
-    source = name[len(HF_PREFIX):]
+def load_transformers(source: str) -> nn.Module:
+    """A transformers image classifier from the hub (name) or a folder saved with save_pretrained."""
+    name = HF_PREFIX + source
     try:
         import transformers
         from huggingface_hub import constants

@@ -1,0 +1,113 @@
+"""Output sinks: each kind of output a run writes is one class here and one line in SINKS.
+
+A run (vit_explain/cli/runner.py) asks every selected sink whether an image is already done,
+hands each explained image to every sink, and closes them all at the end:
+
+* `done(base) -> bool`: this sink's output for the image exists; `base` is the image's output
+  path without an ending (e.g. out/dog_attention_rollout_0.900_max);
+* `write(item)`: write the output for one `ExplainedImage` and record where it went in
+  `item.outputs` (the manifest, written last, lists them); OSError when it cannot, and the run
+  reports that image as failed and goes on;
+* `close()`: finish; outputs that cover the whole run are written here.
+
+A sink is built from the run's options (an object with attributes such as `colormap`, `alpha`,
+`compat`, `output_dir`). `--outputs` selects sinks by their SINKS name; the manifest
+(`outputs.Manifest`) is always written, after the others.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .outputs import write_npy, write_png
+from .overlay import compat_overlay, head_grid, overlay
+
+
+@dataclass
+class ExplainedImage:
+    """One explained image, as the sinks receive it."""
+    input: Path                      # the input file
+    base: Path                       # its output path without an ending
+    image: np.ndarray                # the decoded image, RGB uint8 (H, W, 3)
+    box: tuple                       # (x0, y0, x1, y1): what the model saw, in image pixels
+    mask: np.ndarray                 # (gh, gw) float32
+    head_masks: np.ndarray | None    # (heads, gh, gw) for methods that show heads
+    entry: dict                      # what the manifest says of it: method, parameters, classes
+    outputs: dict[str, str] = field(default_factory=dict)  # sink name -> file written
+
+
+class FileSink:
+    """One file per image: base + ending."""
+
+    name = ""
+    ending = ""
+
+    def __init__(self, options):
+        self.options = options
+
+    def path(self, base: Path) -> Path:
+        return base.with_name(base.name + self.ending)
+
+    def done(self, base: Path) -> bool:
+        return self.path(base).exists()
+
+    def write(self, item: ExplainedImage) -> None:
+        path = self.path(item.base)
+        self.save(path, item)
+        item.outputs[self.name] = str(path)
+
+    def save(self, path: Path, item: ExplainedImage) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class OverlaySink(FileSink):
+    """The heat-map over the image at its own resolution (PNG); the original's overlay in compat mode."""
+    name, ending = "overlay", ".png"
+
+    def save(self, path, item):
+        if self.options.compat:
+            picture = compat_overlay(np.ascontiguousarray(item.image[:, :, ::-1]), item.mask)
+        else:
+            picture = overlay(item.image, item.mask, item.box, self.options.colormap, self.options.alpha)
+        write_png(path, picture)
+
+
+class MaskSink(FileSink):
+    """The patch-grid mask as float32 (.npy)."""
+    name, ending = "mask", ".npy"
+
+    def save(self, path, item):
+        write_npy(path, item.mask)
+
+
+class HeadGridSink(FileSink):
+    """One overlay per attention head, tiled and labelled (PNG), for methods that show heads."""
+    name, ending = "heads", "_heads.png"
+
+    def save(self, path, item):
+        write_png(path, head_grid(item.image, item.head_masks, item.box, self.options.colormap, self.options.alpha))
+
+
+SINKS: dict[str, type[FileSink]] = {sink.name: sink for sink in (
+    OverlaySink,
+    MaskSink,
+    HeadGridSink,
+)}
+DEFAULT_SINKS = ("overlay", "mask")  # and each method's extra outputs (its method-table line)
+
+
+def close_all(sinks) -> None:
+    """Close every sink, even when one fails; then raise the first failure."""
+    error = None
+    for sink in sinks:
+        try:
+            sink.close()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below, once every sink is closed
+            error = error or exc
+    if error is not None:
+        raise error
