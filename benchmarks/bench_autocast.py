@@ -13,16 +13,12 @@ import argparse
 import timm
 import torch
 
-from common import CliDefaults, check_device, machine
-from vit_explain.cli.main_options import METHOD_NAMES
-from vit_explain.cli.methods import METHODS
+from common import check_device, machine
+from vit_explain.cli.options import Options
+from vit_explain.methods.table import METHODS
 
 TOLERANCE = 1e-2
-DEFAULT_METHODS = [m for m in METHOD_NAMES if m not in ("flow", "grad-cam")]  # attention methods; flow is slow
-
-
-class Settings(CliDefaults):
-    pass
+DEFAULT_METHODS = [m for m in METHODS if m not in ("flow", "grad-cam")]  # attention methods; flow is slow
 
 
 def peaky_model(name: str, device: str) -> torch.nn.Module:
@@ -49,11 +45,11 @@ def main():
     x = torch.randn(args.batch, 3, 224, 224, generator=torch.Generator().manual_seed(0)).to(args.device)
     worst = {}
     for fusion in ("max", "mean"):
-        Settings.head_fusion = fusion
+        options = Options(head_fusion=fusion)
         for name in args.methods.split(","):
             if fusion == "mean" and name not in ("rollout", "grad-rollout"):
                 continue
-            explainer = METHODS[name].build(Settings, model)
+            explainer = METHODS[name].build(model, options)
             reference = explainer.explain(x, 243).masks.float()
             for dtype in (torch.bfloat16, torch.float16):
                 with torch.autocast(torch.device(args.device).type, dtype=dtype):

@@ -15,9 +15,9 @@ import argparse
 import timm
 import torch
 
-from common import CliDefaults, interleaved, machine
-from vit_explain.cli.main_options import METHOD_NAMES
-from vit_explain.cli.methods import METHODS
+from common import interleaved, machine
+from vit_explain.cli.options import Options
+from vit_explain.methods.table import METHODS
 
 SLOW_REPEATS = {"flow": 3}  # seconds per image: a few repeats say enough (more in bench_flow.py)
 
@@ -39,7 +39,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--methods", default=",".join(METHODS))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(machine())
@@ -47,7 +47,7 @@ def main():
     for batch in (1, 8):
         x = torch.randn(batch, 3, 224, 224)
         for name in args.methods.split(","):
-            explainer = METHODS[name].build(CliDefaults, model)
+            explainer = METHODS[name].build(model, Options())
             base = ((lambda: forward_backward_to_input(model, x, 243)) if METHODS[name].class_specific
                     else (lambda: forward_only(model, x)))
             pair = {name: (lambda e=explainer: e.explain(x, 243), base)}

@@ -11,9 +11,9 @@ import statistics
 import timm
 import torch
 
-from common import CliDefaults, machine, timed
-from vit_explain.cli.main_options import METHOD_NAMES
-from vit_explain.cli.methods import METHODS
+from common import machine, timed
+from vit_explain.cli.options import Options
+from vit_explain.methods.table import METHODS
 from vit_explain.methods.evaluation import deletion_insertion
 
 
@@ -27,8 +27,8 @@ def main():
     print(machine())
     model = timm.create_model("deit_tiny_patch16_224", pretrained=False).eval()
     x = torch.randn(1, 3, 224, 224)
-    for name in METHOD_NAMES:
-        result = METHODS[name].build(CliDefaults, model).explain(x, None)
+    for name in METHODS:
+        result = METHODS[name].build(model, Options()).explain(x, None)
         seconds = statistics.median(
             timed(lambda: deletion_insertion(model, x, result.masks, result.targets, args.steps, "blur"))
             for _ in range(args.repeats))

@@ -46,7 +46,7 @@ def make_folder(folder: Path, count: int, side: int) -> Path:
 
 
 def plain_inference(model_dir: Path, folder: Path, batch_size: int, workers: int, device: str) -> float:
-    from vit_explain.cli.dataset import image_batches
+    from vit_explain.io.dataset import image_batches
     from vit_explain.io.images import find_images
     from vit_explain.io.models import load_model
     from vit_explain.io.preprocess import Preprocessor

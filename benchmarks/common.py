@@ -7,11 +7,6 @@ import time
 import torch
 
 
-class CliDefaults:
-    """The options METHODS[name].build() reads, as the vit-explain command's defaults set them."""
-    head_fusion, discard_ratio, compat, layer, target_layer = "max", 0.9, None, -1, None
-
-
 def check_device(parser, device: str) -> None:
     """A --device cuda run on a machine without CUDA stops with one line, not a traceback."""
     if device.startswith("cuda") and not torch.cuda.is_available():

@@ -14,8 +14,10 @@ import tqdm
 from PIL import Image
 
 from .._version import __version__
-from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_SOME_FAILED, CommandError
-from .main_options import METHOD_NAMES, model_options
+from ..methods.evaluation import BASELINES
+from ..methods.table import METHODS
+from .errors import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, CommandError
+from .options import DEFAULTS, Options, method_options, model_options, run_options
 
 BASELINE_MAPS = ("random", "uniform")
 
@@ -23,69 +25,52 @@ BASELINE_MAPS = ("random", "uniform")
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.option("--image_path", "--image-path", "image_path", required=True, type=click.Path(path_type=Path),
               help="An image file, or a folder searched recursively.")
-@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=None,
+@click.option("--masks", "masks_dir", type=click.Path(path_type=Path), default=DEFAULTS.masks_dir,
               help="Folder of ground-truth object masks (PNG, same stems as the images) for the pointing game.")
-@click.option("--methods", default=",".join(METHOD_NAMES),
+@click.option("--methods", default=",".join(DEFAULTS.methods),
               help="Comma-separated methods to score; a random and a uniform map are always added.")
-@click.option("--steps", type=click.IntRange(min=1), default=20, help="Deletion / insertion steps.")
-@click.option("--baseline", type=click.Choice(["blur", "mean", "zero"]), default="blur",
+@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="Deletion / insertion steps.")
+@click.option("--baseline", type=click.Choice(BASELINES), default=DEFAULTS.baseline,
               help="What deleted (or not yet inserted) patches become.")
 @model_options
-@click.option("--head_fusion", "--head-fusion", "head_fusion", type=click.Choice(["mean", "max", "min"]),
-              default="max", help="Head fusion for rollout and grad-rollout.")
-@click.option("--discard_ratio", "--discard-ratio", "discard_ratio", type=click.FloatRange(0, 1, max_open=True),
-              default=0.9, help="Discard ratio for rollout and grad-rollout.")
-@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=8)
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
-              default=Path("vit-explain-out"), help="Where evaluation.csv and evaluation.json go.")
-@click.option("--seed", type=int, default=0, help="Seed of the random baseline map.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
+@method_options
+@run_options("Where evaluation.csv and evaluation.json go.")
+@click.option("--seed", type=int, default=DEFAULTS.seed, help="Seed of the random baseline map.")
 def evaluate(use_cuda: bool, debug: bool, **kwargs) -> int:
     """Score explanation methods: deletion and insertion AUC (Petsiuk et al. 2018) and, with
     --masks, the pointing game and energy-based pointing score."""
     if use_cuda:
         kwargs["device"] = "cuda"
     methods = [m.strip() for m in kwargs.pop("methods").split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHOD_NAMES]
+    unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
         raise click.BadParameter(f"unknown method {', '.join(unknown) or '(none)'}; choose from "
-                                 f"{', '.join(METHOD_NAMES)}", param_hint="--methods")
-    return Evaluation(methods, **kwargs).run()
+                                 f"{', '.join(METHODS)}", param_hint="--methods")
+    return Evaluation(Options(methods=tuple(dict.fromkeys(methods)), **kwargs)).run()
 
 
 class Evaluation:
-    def __init__(self, methods, image_path, masks_dir, steps, baseline, model, hub, checkpoint, device,
-                 head_fusion, discard_ratio, batch_size, output_dir, seed, quiet):
-        from types import SimpleNamespace
-
+    def __init__(self, options: Options):
         from ..io.preprocess import Preprocessor
-        from .methods import METHODS
-        from .runner import open_inputs_and_model
-        self.image_path, self.masks_dir, self.steps, self.baseline = image_path, masks_dir, steps, baseline
-        self.batch_size, self.output_dir, self.quiet = batch_size, output_dir, quiet
-        if masks_dir is not None and not masks_dir.is_dir():
-            raise CommandError(f"--masks {masks_dir} is not a folder", EXIT_INPUT)
-        self.images, self.misnamed, self.model = open_inputs_and_model(
-            image_path, output_dir, model, hub, checkpoint, device)
-        options = SimpleNamespace(head_fusion=head_fusion, discard_ratio=discard_ratio, compat=None, layer=-1,
-                                  target_layer=None)
-        try:
-            self.explainers = {name: METHODS[name].build(options, self.model) for name in methods}
-        except ValueError as error:
-            raise CommandError(str(error), EXIT_MODEL) from None
+        from .common import build_explainer, input_root, open_inputs_and_model
+        self.options = options
+        if options.masks_dir is not None and not options.masks_dir.is_dir():
+            raise CommandError(f"--masks {options.masks_dir} is not a folder", EXIT_INPUT)
+        self.images, self.misnamed, self.model = open_inputs_and_model(options)
+        self.root = input_root(options.image_path)
+        self.explainers = {name: build_explainer(METHODS[name], self.model, options) for name in options.methods}
         self.preprocess = Preprocessor(self.model)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.generator = torch.Generator().manual_seed(options.seed)
         self.rows: list[dict] = []
         self.failed = 0
 
     def object_mask(self, path: Path, size: tuple[int, int]) -> torch.Tensor | None:
         """The ground-truth mask in model-input space: cropped and resized as the image was."""
-        if self.masks_dir is None:
+        masks_dir = self.options.masks_dir
+        if masks_dir is None:
             return None
-        root = self.image_path if self.image_path.is_dir() else self.image_path.parent
-        relative = path.parent.relative_to(root)
-        for candidate in (self.masks_dir / relative / f"{path.stem}.png", self.masks_dir / f"{path.stem}.png"):
+        relative = path.parent.relative_to(self.root)
+        for candidate in (masks_dir / relative / f"{path.stem}.png", masks_dir / f"{path.stem}.png"):
             if candidate.is_file():
                 with Image.open(candidate) as mask:
                     mask = mask.convert("L")
@@ -96,17 +81,17 @@ class Evaluation:
         return None
 
     def run(self) -> int:
-        from ..math.metrics import energy_pointing, pointing_hits
-        from ..methods.evaluation import deletion_insertion
-        from .dataset import image_batches
-        from .runner import misnamed_message, report
+        from ..io.dataset import image_batches
+        from ..methods.evaluation import deletion_insertion, energy_pointing, pointing_hits
+        from .common import misnamed_message, report
+        o = self.options
         for path in self.misnamed:
             report(misnamed_message(path))
             self.failed += 1
-        progress = tqdm.tqdm(total=len(self.images), unit="img", disable=self.quiet, desc="evaluating",
+        progress = tqdm.tqdm(total=len(self.images), unit="img", disable=o.quiet, desc="evaluating",
                              file=sys.stderr)
         device = next(self.model.parameters()).device
-        for batch in image_batches(self.images, self.preprocess, self.batch_size, workers=0):
+        for batch in image_batches(self.images, self.preprocess, o.batch_size, workers=0):
             good = [item for item in batch if not item["error"]]
             for item in batch:
                 if item["error"]:
@@ -116,7 +101,7 @@ class Evaluation:
                 x = torch.stack([item["tensor"] for item in good]).to(device)
                 objects = [self.object_mask(item["path"], item["image"].shape[1::-1]) for item in good]
                 for name, maps, targets in self.maps(x):
-                    scores = deletion_insertion(self.model, x, maps, targets, self.steps, self.baseline)
+                    scores = deletion_insertion(self.model, x, maps, targets, o.steps, o.baseline)
                     for i, item in enumerate(good):
                         row = {"image": str(item["path"]), "method": name, "class": int(targets[i]),
                                "deletion_auc": float(scores["deletion"][i]),
@@ -174,15 +159,16 @@ class Evaluation:
                 line += f"{e.get('pointing_game', float('nan')):>15.3f}{e.get('energy_pointing', float('nan')):>17.3f}"
             lines.append(line)
         print("\n".join(lines))
-        document = {"vit_explain": __version__, "torch": torch.__version__, "steps": self.steps,
-                    "baseline": self.baseline, "summary": table, "images": self.rows}
-        atomic_write(self.output_dir / "evaluation.json", (json.dumps(document, indent=2) + "\n").encode())
+        o = self.options
+        document = {"vit_explain": __version__, "torch": torch.__version__, "steps": o.steps,
+                    "baseline": o.baseline, "summary": table, "images": self.rows}
+        atomic_write(o.output_dir / "evaluation.json", (json.dumps(document, indent=2) + "\n").encode())
         fields = ["image", "method", "class", "deletion_auc", "insertion_auc", "pointing_hit", "energy_pointing"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write(self.output_dir / "evaluation.csv", buffer.getvalue().encode())
+        atomic_write(o.output_dir / "evaluation.csv", buffer.getvalue().encode())
         scored = len({row["image"] for row in self.rows})
         print(f"{scored} images scored, {self.failed} failed; "
-              f"details in {self.output_dir / 'evaluation.csv'}", file=sys.stderr)
+              f"details in {o.output_dir / 'evaluation.csv'}", file=sys.stderr)

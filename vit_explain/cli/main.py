@@ -9,59 +9,73 @@ import click
 
 from .._version import __version__
 from ..io.overlay import COLORMAPS
+from ..io.sinks import DEFAULT_SINKS, SINKS
+from ..methods.table import DEFAULT_CLASS_SPECIFIC_METHOD, DEFAULT_METHOD, METHODS
 from .errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
-from .main_options import METHOD_NAMES, model_options
+from .options import DEFAULTS, Options, method_options, model_options, run_options
 
 EXIT_CODES_HELP = ("Scoring methods: vit-explain evaluate --help. Exit codes: 0 all explained; 1 some "
                    "images failed (the rest were written); 2 bad command line; 3 model not loadable; 4 no usable input; 5 output folder "
                    "not writable; 70 internal error.")
 
 
+def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
+    """--outputs overlay,mask -> ("overlay", "mask"); None keeps the default set."""
+    if text is None:
+        return None
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in SINKS]
+    if unknown or not names:
+        raise click.BadParameter(f"unknown output {', '.join(unknown) or '(none)'}; choose from "
+                                 f"{', '.join(SINKS)}", param_hint="--outputs")
+    extras = {name for other in METHODS.values() for name in other.extra_outputs}
+    missing = [n for n in names if n in extras and n not in spec.extra_outputs]
+    if missing:
+        raise click.BadParameter(f"{missing[0]} is not an output of {spec.name}", param_hint="--outputs")
+    return names
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
                epilog=EXIT_CODES_HELP)
 @click.option("--image_path", "--image-path", "image_path", required=True,
               type=click.Path(path_type=Path), help="An image file, or a folder searched recursively.")
-@click.option("--method", type=click.Choice(METHOD_NAMES), default=None,
-              help="Explanation method. Default: rollout, or grad-rollout when --category_index is given.")
-@click.option("--layer", type=int, default=-1,
-              help="Block whose attention raw-attention shows (0-based; -1 = the last).")
-@click.option("--target-layer", "--target_layer", "target_layer", default=None, metavar="MODULE",
-              help="Module whose activations grad-cam uses (dotted name). Default: the last block's norm1.")
+@click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULTS.method,
+              help=f"Explanation method. Default: {DEFAULT_METHOD}, or {DEFAULT_CLASS_SPECIFIC_METHOD} "
+                   "when --category_index is given.")
 @model_options
-@click.option("--head_fusion", "--head-fusion", "head_fusion", type=click.Choice(["mean", "max", "min"]),
-              default="max", help="How the attention heads are fused.")
-@click.option("--discard_ratio", "--discard-ratio", "discard_ratio",
-              type=click.FloatRange(0, 1, max_open=True), default=0.9,
-              help="Fraction of the weakest attention entries dropped in every block.")
+@method_options
 @click.option("--category_index", "--category-index", "category_index", type=click.IntRange(min=0),
-              default=None, help="Class to explain (gradient rollout). Default: each image's predicted class.")
-@click.option("--batch-size", "--batch_size", "batch_size", type=click.IntRange(min=1), default=8)
-@click.option("--workers", type=click.IntRange(min=0), default=None,
+              default=DEFAULTS.category_index,
+              help="Class to explain (gradient rollout). Default: each image's predicted class.")
+@click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS.workers,
               help="Image-decoding worker processes. Default: up to 4 for folders, none for one batch.")
-@click.option("--output-dir", "--output_dir", "output_dir", type=click.Path(path_type=Path),
-              default=Path("vit-explain-out"), help="Where overlays, masks and manifest.json go.")
-@click.option("--topk", type=click.IntRange(min=1), default=5, help="Top classes listed in the manifest.")
-@click.option("--compat", type=click.Choice(["vit-explain"]), default=None,
+@run_options("Where overlays, masks and manifest.json go.")
+@click.option("--outputs", "outputs", default=None, metavar="NAMES",
+              help=f"Comma-separated outputs to write: {', '.join(SINKS)}. Default: "
+                   f"{','.join(DEFAULT_SINKS)} and the method's own (raw-attention: heads). "
+                   "manifest.json is always written.")
+@click.option("--topk", type=click.IntRange(min=1), default=DEFAULTS.topk, help="Top classes listed in the manifest.")
+@click.option("--compat", type=click.Choice(["vit-explain"]), default=DEFAULTS.compat,
               help="Reproduce the original vit-explain exactly (its preprocessing, math and overlay).")
-@click.option("--colormap", default="jet", help="OpenCV colormap name.")
-@click.option("--alpha", type=click.FloatRange(0, 1), default=0.5, help="Heat-map opacity in the overlay.")
+@click.option("--colormap", default=DEFAULTS.colormap, help="OpenCV colormap name.")
+@click.option("--alpha", type=click.FloatRange(0, 1), default=DEFAULTS.alpha, help="Heat-map opacity in the overlay.")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist.")
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@click.option("--debug", is_flag=True, help="Show a traceback on errors.")
 @click.version_option(__version__, prog_name="vit-explain")
 def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
     """Show where a Vision Transformer looked: heat-map overlays and masks for images."""
-    from .runner import Options, Run  # heavy imports only once the command line is valid
+    from .runner import Run  # heavy imports only once the command line is valid
     if kwargs["colormap"].lower() not in COLORMAPS:
         raise click.BadParameter(f"unknown colormap {kwargs['colormap']!r}; choose one of "
                                  f"{', '.join(sorted(COLORMAPS))}", param_hint="--colormap")
     if use_cuda:
         kwargs["device"] = "cuda"
     if kwargs["method"] is None:
-        kwargs["method"] = "grad-rollout" if kwargs["category_index"] is not None else "rollout"
-    if kwargs["compat"] and kwargs["method"] not in ("rollout", "grad-rollout"):
-        raise click.BadParameter(f"applies to rollout and grad-rollout only, not {kwargs['method']}",
-                                 param_hint="--compat")
+        kwargs["method"] = DEFAULT_CLASS_SPECIFIC_METHOD if kwargs["category_index"] is not None else DEFAULT_METHOD
+    spec = METHODS[kwargs["method"]]
+    if kwargs["compat"] and not spec.compat:
+        compatible = ", ".join(name for name, other in METHODS.items() if other.compat)
+        raise click.BadParameter(f"applies to {compatible} only, not {spec.name}", param_hint="--compat")
+    kwargs["outputs"] = parse_outputs(spec, kwargs["outputs"])
     return Run(Options(**kwargs)).execute()
 
 
