@@ -128,7 +128,7 @@ def test_pretrained_weights_offline_fail_fast_with_advice(tmp_path, capsys, monk
     ~46 s of retries) and the user gets one sentence with the ways out."""
     from huggingface_hub import constants
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty-cache"))
-    monkeypatch.setattr("vit_explain.io.models.reachable", lambda *args, **kwargs: False)
+    monkeypatch.setattr("vit_explain.io.timm_models.reachable", lambda *args, **kwargs: False)
     offline_before, offline_during_download = constants.HF_HUB_OFFLINE, []
     create_model = timm.create_model
 
@@ -245,3 +245,30 @@ def test_grad_cam_and_a_layer_the_model_lacks(tiny_model_dir, tmp_path, capsys):
     code, _, err = run(capsys, "--image_path", image, "--method", "grad-cam", "--target-layer", "blocks.9.norm1",
                        "--output-dir", out, *tiny(tiny_model_dir))
     assert code == 2 and "no module named 'blocks.9.norm1'" in error_lines(err)[0]
+
+
+def test_raw_attention_writes_its_head_grid_from_one_pass_per_batch(tiny_model_dir, tmp_path, capsys, monkeypatch):
+    from vit_explain.methods.base import AttentionExplainer
+    record, calls = AttentionExplainer.record, []
+
+    def counted(self, *args, **kwargs):
+        calls.append(1)
+        return record(self, *args, **kwargs)
+    monkeypatch.setattr(AttentionExplainer, "record", counted)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for seed in range(3):
+        files.write_rgb(folder / f"img{seed}.png", seed=seed)
+    code, _, err = run(capsys, "--image_path", folder, "--method", "raw-attention", "--batch-size", 2,
+                       "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
+    assert code == 0, err
+    assert len(calls) == 2  # two batches, one forward each: the mask and the heads come together
+    assert len(list((tmp_path / "out").glob("*_heads.png"))) == 3
+
+
+def test_checkpoint_with_a_saved_folder_is_refused_not_ignored(tiny_model_dir, tmp_path, capsys):
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path / "a.png"), "--checkpoint",
+                       tmp_path / "weights.pth", "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
+    (line,) = error_lines(err)
+    assert code == 3 and "--hub and --checkpoint apply to timm models, not to local-dir:" in line
+    assert not (tmp_path / "out" / "manifest.json").exists()

@@ -92,3 +92,11 @@ def test_evaluate_rejects_unknown_methods(tiny_model_dir, tmp_path, capsys):
     assert code == 2 and error_lines(err) == [
         "vit-explain: Invalid value for --methods: unknown method magic; choose from rollout, grad-rollout, "
         "chefer, raw-attention, flow, grad-cam (see vit-explain evaluate --help)"]
+
+
+def test_a_layer_the_model_lacks_is_a_usage_error(tiny_model_dir, tmp_path, capsys):
+    image = files.write_rgb(tmp_path / "a.png")
+    code, _, err = run(capsys, "evaluate", "--image_path", image, "--methods", "raw-attention", "--layer", 9,
+                       "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
+    (line,) = error_lines(err)
+    assert code == 2 and "layer 9 is out of range: the model has 2 attention blocks" in line

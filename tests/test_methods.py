@@ -63,3 +63,18 @@ def test_per_head_batch_equals_singles(deit_tiny_qkv4):
     batch = explainer.explain_heads(X).masks
     for i in range(4):
         torch.testing.assert_close(batch[i], explainer.explain_heads(X[i:i + 1]).masks[0], atol=1e-5, rtol=0)
+
+
+def test_raw_attention_gives_per_head_maps_from_the_same_forward(deit_tiny_qkv4):
+    explainer = VITRawAttention(deit_tiny_qkv4)
+    calls = []
+    handle = deit_tiny_qkv4.register_forward_hook(lambda *args: calls.append(1))
+    try:
+        explanation = explainer.explain(X)
+    finally:
+        handle.remove()
+    assert len(calls) == 1
+    assert explanation.masks.shape == (4, 14, 14) and explanation.head_masks.shape == (4, 3, 14, 14)
+    torch.testing.assert_close(explanation.head_masks, explainer.explain_heads(X).masks)
+    torch.testing.assert_close(explanation.masks, explainer.explain(X).masks)
+    assert VITGradWeightedAttention(deit_tiny_qkv4).explain(X[:1], 1).head_masks is None

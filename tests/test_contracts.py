@@ -1,0 +1,196 @@
+"""Contract tests generated from the tables: every method of the method table, on an example
+model of every adapter in ADAPTERS, through the API and the command line.
+
+A method or a model family added to its table is covered here without editing a list.
+"""
+import json
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import vit_explain
+from tests import image_files as files
+from tests.helpers import assert_state_equal, error_lines, model_state, run, tiny
+from vit_explain.cli.options import Options
+from vit_explain.io.sinks import SINKS
+from vit_explain.methods.adapters import ADAPTERS, adapter_for
+from vit_explain.methods.base import AttentionExplainer
+from vit_explain.methods.table import METHODS
+
+CLASSES = 5  # every adapter's example has 5 classes
+X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+CATEGORIES = [0, 3, 1]
+
+# A value each method keyword refuses; a keyword without one here fails test_every_option_has_a_bad_value.
+BAD_VALUES = {"head_fusion": "median", "discard_ratio": 1.0, "compat": "v2", "layer": 99,
+              "target_layer": "no.such.module"}
+
+
+@pytest.fixture(scope="module", params=ADAPTERS, ids=lambda adapter: adapter.__name__)
+def family(request):
+    try:
+        model = request.param.example()
+    except ImportError as error:  # an optional family whose package is not installed
+        pytest.skip(f"{request.param.__name__}: {error}")
+    return request.param, model
+
+
+@pytest.fixture(params=list(METHODS))
+def spec(request):
+    return METHODS[request.param]
+
+
+def categories(spec):
+    return CATEGORIES if spec.class_specific else None
+
+
+def refused(spec, adapter) -> bool:
+    """A family without token-to-token attention refuses the attention methods."""
+    return not adapter.token_attention and issubclass(spec.load(), AttentionExplainer)
+
+
+def explainer_or_skip(spec, family):
+    adapter, model = family
+    if refused(spec, adapter):
+        pytest.skip(f"{adapter.__name__} refuses {spec.name} (test_attention_methods_are_refused_clearly)")
+    return spec.build(model, Options())
+
+
+def test_each_example_is_explained_by_its_own_adapter(family):
+    adapter, model = family
+    assert type(adapter_for(model)) is adapter
+
+
+def test_batch_equals_singles(spec, family):
+    explainer = explainer_or_skip(spec, family)
+    batch = explainer.explain(X, categories(spec))
+    for i in range(len(X)):
+        single = explainer.explain(X[i:i + 1], None if categories(spec) is None else categories(spec)[i])
+        torch.testing.assert_close(batch.masks[i], single.masks[0], atol=1e-5, rtol=0)
+        assert batch.targets[i] == single.targets[0]
+        if batch.head_masks is not None:
+            torch.testing.assert_close(batch.head_masks[i], single.head_masks[0], atol=1e-5, rtol=0)
+
+
+def test_masks_are_finite_maps_scaled_to_one(spec, family):
+    explanation = explainer_or_skip(spec, family).explain(X, categories(spec))
+    masks = explanation.masks
+    assert masks.dtype == torch.float32 and masks.ndim == 3 and masks.shape[0] == len(X)
+    assert torch.isfinite(masks).all() and masks.min() >= 0
+    torch.testing.assert_close(masks.amax(dim=(1, 2)), torch.ones(len(X)))
+    if spec.class_specific:
+        assert explanation.targets.tolist() == CATEGORIES
+    else:
+        assert explanation.targets.tolist() == explanation.logits.argmax(-1).tolist()
+
+
+def test_the_numpy_call_gives_the_masks(spec, family):
+    explainer = explainer_or_skip(spec, family)
+    masks = explainer(X, categories(spec))
+    assert isinstance(masks, np.ndarray) and masks.dtype == np.float32 and masks.shape[0] == len(X)
+    assert explainer(X[:1], 0).shape == masks.shape[1:]
+
+
+def test_model_comes_back_as_it_went_in(spec, family):
+    _, model = family
+    explainer = explainer_or_skip(spec, family)
+    model.train()  # a caller's training model goes back to training
+    before = model_state(model)
+    try:
+        explainer.explain(X, categories(spec))
+        assert_state_equal(before, model_state(model))
+        with pytest.raises(ValueError):  # a failure after the forward pass also restores everything
+            explainer.explain(X, CLASSES + 1)
+        assert_state_equal(before, model_state(model))
+    finally:
+        model.eval()
+
+
+def test_works_under_no_grad_and_inference_mode(spec, family):
+    explainer = explainer_or_skip(spec, family)
+    expected = explainer.explain(X, categories(spec)).masks
+    for context in (torch.no_grad, torch.inference_mode):
+        with context():
+            torch.testing.assert_close(explainer.explain(X, categories(spec)).masks, expected)
+
+
+def test_bad_parameters_raise_value_error(spec, family):
+    _, model = family
+    explainer = explainer_or_skip(spec, family)
+    for option in spec.options:
+        with pytest.raises(ValueError):
+            spec.build(model, Options(**{option: BAD_VALUES[option]}))
+    for category in (CLASSES, -1, [0, 1]):  # out of range, negative, one per sample for 3 samples
+        with pytest.raises(ValueError):
+            explainer.explain(X, category)
+    for x in (X[:, :2], X[0], X.long()):  # wrong channels, no batch axis, not floating point
+        with pytest.raises(ValueError):
+            explainer.explain(x)
+
+
+def test_attention_methods_are_refused_clearly(spec, family):
+    adapter, model = family
+    if not refused(spec, adapter):
+        pytest.skip(f"{adapter.__name__} explains {spec.name}")
+    with pytest.raises(ValueError, match="windowed attention|no rollout|attention"):
+        spec.build(model, Options()).explain(X)
+
+
+def test_every_option_has_a_bad_value(spec):
+    assert set(spec.options) <= set(BAD_VALUES), "add a refused value for the new keyword to BAD_VALUES"
+
+
+def test_the_table_line_is_complete(spec):
+    cls = spec.load()
+    assert cls.__name__ == spec.class_name and getattr(vit_explain, spec.class_name) is cls
+    assert spec.class_name in vit_explain.__all__
+    assert set(spec.extra_outputs) <= set(SINKS)
+    assert spec.compat == ("compat" in spec.options)
+    for category in (None, 7):
+        suffix = spec.suffix(Options(), category)
+        assert suffix and "/" not in suffix and " " not in suffix
+
+
+def test_the_command_writes_every_output_of_the_method(spec, tiny_model_dir, tmp_path, capsys):
+    image = files.write_rgb(tmp_path / "a.png", size=(90, 60))
+    out = tmp_path / "out"
+    args = ["--image_path", image, "--method", spec.name, "--output-dir", out, *tiny(tiny_model_dir)]
+    if spec.class_specific:
+        args += ["--category_index", 1]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    (entry,) = json.loads((out / "manifest.json").read_text())["images"]
+    base = f"a_{spec.suffix(Options(), 1 if spec.class_specific else None)}"
+    kinds = ("overlay", "mask") + spec.extra_outputs
+    assert list(entry["outputs"]) == list(kinds)
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [base + SINKS[kind].ending for kind in kinds] + ["manifest.json"])
+    assert cv2.imread(str(out / f"{base}.png")).shape[:2] == (60, 90)
+    mask = np.load(out / f"{base}.npy")
+    assert mask.shape == (4, 4) and mask.max() == pytest.approx(1.0)
+    assert entry["method"] == spec.name
+    assert set(entry["parameters"]) == set(spec.options) | ({"category_index"} if spec.class_specific else set())
+
+
+def test_the_command_writes_only_the_outputs_asked_for(spec, tiny_model_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path / "a.png"), "--method", spec.name,
+                       "--outputs", "mask", "--output-dir", out, *tiny(tiny_model_dir))
+    assert code == 0, err
+    assert sorted(p.suffix for p in out.iterdir()) == [".json", ".npy"]
+    (entry,) = json.loads((out / "manifest.json").read_text())["images"]
+    assert list(entry["outputs"]) == ["mask"]
+
+
+def test_an_output_the_method_lacks_is_a_usage_error(tiny_model_dir, tmp_path, capsys):
+    without_heads = next(name for name, spec in METHODS.items() if "heads" not in spec.extra_outputs)
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path / "a.png"), "--method", without_heads,
+                       "--outputs", "overlay,heads", "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
+    (line,) = error_lines(err)
+    assert code == 2 and "--outputs" in line and f"heads is not an output of {without_heads}" in line
+    code, _, err = run(capsys, "--image_path", files.write_rgb(tmp_path / "a.png"), "--outputs", "pdf",
+                       "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
+    (line,) = error_lines(err)
+    assert code == 2 and "unknown output pdf" in line
