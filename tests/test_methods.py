@@ -78,3 +78,13 @@ def test_raw_attention_gives_per_head_maps_from_the_same_forward(deit_tiny_qkv4)
     torch.testing.assert_close(explanation.head_masks, explainer.explain_heads(X).masks)
     torch.testing.assert_close(explanation.masks, explainer.explain(X).masks)
     assert VITGradWeightedAttention(deit_tiny_qkv4).explain(X[:1], 1).head_masks is None
+
+
+def test_gradsam_equals_its_definition(deit_tiny_qkv4):
+    from vit_explain import VITGradSAM
+    attentions, grads = recorded(deit_tiny_qkv4, X[:2], 243)
+    for i in range(2):
+        total = sum((a[i] * g[i].clamp(min=0)).sum(0).double() for a, g in zip(attentions, grads))
+        expected = total[0, 1:].view(14, 14)  # the class token's row over the patches
+        mask = VITGradSAM(deit_tiny_qkv4)(X[i:i + 1], 243)
+        np.testing.assert_allclose(mask, (expected / expected.max()).numpy(), atol=1e-5)

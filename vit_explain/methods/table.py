@@ -64,4 +64,5 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
                extra_outputs=("heads",)),
     MethodSpec("flow", "flow:VITAttentionFlow", (), lambda o, c: "attention_flow"),
     MethodSpec("grad-cam", "gradcam:VITGradCAM", ("target_layer",), _grad_cam_suffix, class_specific=True),
+    MethodSpec("gradsam", "gradsam:VITGradSAM", (), lambda o, c: f"gradsam_{c}", class_specific=True),
 )}
