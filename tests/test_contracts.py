@@ -4,6 +4,7 @@ model of every adapter in ADAPTERS, through the API and the command line.
 A method or a model family added to its table is covered here without editing a list.
 """
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -194,3 +195,27 @@ def test_an_output_the_method_lacks_is_a_usage_error(tiny_model_dir, tmp_path, c
                        "--output-dir", tmp_path / "out", *tiny(tiny_model_dir))
     (line,) = error_lines(err)
     assert code == 2 and "unknown output pdf" in line
+
+
+# How to read back each kind of file a sink may write; a sink with a new ending needs one here.
+DECODERS = {".png": lambda path: cv2.imread(str(path)), ".jpg": lambda path: cv2.imread(str(path)),
+            ".npy": np.load}
+
+
+@pytest.mark.parametrize("name", list(SINKS))
+def test_every_sink_writes_a_file_that_decodes_and_a_rerun_skips_it(name, tiny_model_dir, tmp_path, capsys):
+    method = next(m for m, spec in METHODS.items()
+                  if name in spec.extra_outputs or not any(name in s.extra_outputs for s in METHODS.values()))
+    image, out = files.write_rgb(tmp_path / "a.png", size=(90, 60)), tmp_path / "out"
+    args = ["--image_path", image, "--method", method, "--outputs", name, "--output-dir", out,
+            "--category_index", 1, *tiny(tiny_model_dir)]
+    code, _, err = run(capsys, *args)
+    assert code == 0, err
+    (entry,) = json.loads((out / "manifest.json").read_text())["images"]
+    (written,) = entry["outputs"].values()
+    assert list(entry["outputs"]) == [name] and written.endswith(SINKS[name].ending)
+    decoded = DECODERS[SINKS[name].ending[-4:]](written)
+    assert decoded is not None and decoded.size > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted([Path(written).name, "manifest.json"])
+    code, _, err = run(capsys, *args)
+    assert code == 0 and "0 explained, 0 failed (1 skipped" in err

@@ -72,11 +72,16 @@ if hasattr(cv2, "IMWRITE_PNG_FILTER"):
     PNG_PARAMETERS += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 
 
-def write_png(path: Path, image_bgr: np.ndarray) -> None:
-    ok, encoded = cv2.imencode(".png", image_bgr, PNG_PARAMETERS)
+def write_image(path: Path, image_bgr: np.ndarray, parameters=()) -> None:
+    """Encode by the path's ending (OpenCV's encoders and parameters) and write atomically."""
+    ok, encoded = cv2.imencode(path.suffix, image_bgr, list(parameters))
     if not ok:
-        raise OSError(f"cannot encode {path.name} as PNG")
+        raise OSError(f"cannot encode {path.name} as {path.suffix.lstrip('.').upper()}")
     atomic_write(path, encoded.tobytes())
+
+
+def write_png(path: Path, image_bgr: np.ndarray) -> None:
+    write_image(path, image_bgr, PNG_PARAMETERS)
 
 
 def write_npy(path: Path, array: np.ndarray) -> None:

@@ -19,9 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
-from .outputs import write_npy, write_png
+from .outputs import write_image, write_npy, write_png
 from .overlay import compat_overlay, head_grid, overlay
 
 
@@ -70,11 +71,21 @@ class OverlaySink(FileSink):
     name, ending = "overlay", ".png"
 
     def save(self, path, item):
+        write_png(path, self.render(item))
+
+    def render(self, item) -> np.ndarray:
         if self.options.compat:
-            picture = compat_overlay(np.ascontiguousarray(item.image[:, :, ::-1]), item.mask)
-        else:
-            picture = overlay(item.image, item.mask, item.box, self.options.colormap, self.options.alpha)
-        write_png(path, picture)
+            return compat_overlay(np.ascontiguousarray(item.image[:, :, ::-1]), item.mask)
+        return overlay(item.image, item.mask, item.box, self.options.colormap, self.options.alpha)
+
+
+class JpegOverlaySink(OverlaySink):
+    """The overlay as a JPEG (quality 90): far faster to encode than a PNG and far smaller (the
+    README has the numbers), for large runs whose overlays are for looking, not measuring."""
+    name, ending = "overlay-jpg", ".jpg"
+
+    def save(self, path, item):
+        write_image(path, self.render(item), [cv2.IMWRITE_JPEG_QUALITY, 90])
 
 
 class MaskSink(FileSink):
@@ -97,6 +108,7 @@ SINKS: dict[str, type[FileSink]] = {sink.name: sink for sink in (
     OverlaySink,
     MaskSink,
     HeadGridSink,
+    JpegOverlaySink,
 )}
 DEFAULT_SINKS = ("overlay", "mask")  # and each method's extra outputs (its method-table line)
 
