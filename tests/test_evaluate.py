@@ -12,6 +12,7 @@ from tests.helpers import error_lines, run, tiny
 from vit_explain.math.metrics import (area_under_curve, energy_pointing, patch_order, perturbation_inputs,
                                       pointing_hits, step_masks)
 from vit_explain.methods.evaluation import deletion_insertion
+from vit_explain.methods.table import METHODS
 
 
 class TexturedCorner(torch.nn.Module):
@@ -90,8 +91,8 @@ def test_evaluate_rejects_unknown_methods(tiny_model_dir, tmp_path, capsys):
     code, _, err = run(capsys, "evaluate", "--image_path", files.write_rgb(tmp_path), "--methods", "rollout,magic",
                        *tiny(tiny_model_dir))
     assert code == 2 and error_lines(err) == [
-        "vit-explain: Invalid value for --methods: unknown method magic; choose from rollout, grad-rollout, "
-        "chefer, raw-attention, flow, grad-cam (see vit-explain evaluate --help)"]
+        "vit-explain: Invalid value for --methods: unknown method magic; choose from "
+        f"{', '.join(METHODS)} (see vit-explain evaluate --help)"]
 
 
 def test_a_layer_the_model_lacks_is_a_usage_error(tiny_model_dir, tmp_path, capsys):
