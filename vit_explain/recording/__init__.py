@@ -6,18 +6,22 @@ rec.forward(x)`, then what it recorded. `AttentionRecorder` serves timm ViT-styl
 `CaitAttentionRecorder` timm's CaiT (its blocks embedded in the [cls, patches] token space, see
 `cait.py`); `HuggingFaceAttentionRecorder` transformers models (`output_attentions` with eager
 attention; transformers is never imported here); `ActivationRecorder` one module's output, for
-Grad-CAM. The attention recorders give `rec.attentions` and `rec.attention_gradients(logits, targets)`.
+Grad-CAM; `MultiheadAttentionRecorder` every `nn.MultiheadAttention` (torchvision's ViTs, see
+`multihead.py`). The attention recorders give `rec.attentions` and `rec.attention_gradients(logits,
+targets)`.
 """
 from .activations import ActivationRecorder
 from .cait import CaitAttentionRecorder, is_cait
 from .huggingface import HuggingFaceAttentionRecorder, is_huggingface_model
 from .modules import (DEFAULT_ATTENTION_LAYER, DEFAULT_TARGET_SUFFIX, LayerError, default_target_layer,
                       find_attention_modules, find_module)
+from .multihead import MultiheadAttentionRecorder, check_multihead, find_multihead_attention
 from .recorder import AttentionRecorder
 from .session import RecordingSession
 from .targets import resolve_targets, target_score
 
 __all__ = ["DEFAULT_ATTENTION_LAYER", "DEFAULT_TARGET_SUFFIX", "ActivationRecorder", "AttentionRecorder",
-           "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError", "RecordingSession",
-           "default_target_layer", "find_attention_modules", "find_module", "is_cait", "is_huggingface_model",
-           "resolve_targets", "target_score"]
+           "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError",
+           "MultiheadAttentionRecorder", "RecordingSession", "check_multihead", "default_target_layer",
+           "find_attention_modules", "find_module", "find_multihead_attention", "is_cait",
+           "is_huggingface_model", "resolve_targets", "target_score"]

@@ -18,11 +18,13 @@ from .cait import CaitAdapter
 from .huggingface import HuggingFaceViTAdapter
 from .swin import SwinAdapter
 from .timm import TimmAdapter, token_layout
+from .torchvision import TorchvisionViTAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
     HuggingFaceViTAdapter,   # transformers ViTForImageClassification
     CaitAdapter,             # timm CaiT (self-attention, then class-attention blocks)
     SwinAdapter,             # timm Swin: windowed attention, Grad-CAM only
+    TorchvisionViTAdapter,   # torchvision VisionTransformer (nn.MultiheadAttention)
     TimmAdapter,             # every other timm ViT-style model (the fallback)
 )
 
@@ -38,4 +40,4 @@ def adapter_for(model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_
 
 
 __all__ = ["ADAPTERS", "Adapter", "CaitAdapter", "HuggingFaceViTAdapter", "SwinAdapter", "TimmAdapter",
-           "TokenLayout", "adapter_for", "check_input_shape", "token_layout"]
+           "TokenLayout", "TorchvisionViTAdapter", "adapter_for", "check_input_shape", "token_layout"]
