@@ -65,4 +65,5 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("flow", "flow:VITAttentionFlow", (), lambda o, c: "attention_flow"),
     MethodSpec("grad-cam", "gradcam:VITGradCAM", ("target_layer",), _grad_cam_suffix, class_specific=True),
     MethodSpec("gradsam", "gradsam:VITGradSAM", (), lambda o, c: f"gradsam_{c}", class_specific=True),
+    MethodSpec("legrad", "legrad:VITLeGrad", (), lambda o, c: f"legrad_{c}", class_specific=True),
 )}

@@ -8,9 +8,11 @@ rec.forward(x)`, then what it recorded. `AttentionRecorder` serves timm ViT-styl
 attention; transformers is never imported here); `ActivationRecorder` one module's output, for
 Grad-CAM; `MultiheadAttentionRecorder` every `nn.MultiheadAttention` (torchvision's ViTs, see
 `multihead.py`). The attention recorders give `rec.attentions` and `rec.attention_gradients(logits,
-targets)`.
+targets)`. `BlockScoreRecorder` wraps one of them for LeGrad: per-block scores, each block cut
+from the ones before it (`blocks.py`).
 """
 from .activations import ActivationRecorder
+from .blocks import BlockScoreRecorder
 from .cait import CaitAttentionRecorder, is_cait
 from .huggingface import HuggingFaceAttentionRecorder, is_huggingface_model
 from .modules import (DEFAULT_ATTENTION_LAYER, DEFAULT_TARGET_SUFFIX, LayerError, default_target_layer,
@@ -21,7 +23,7 @@ from .session import RecordingSession
 from .targets import resolve_targets, target_score
 
 __all__ = ["DEFAULT_ATTENTION_LAYER", "DEFAULT_TARGET_SUFFIX", "ActivationRecorder", "AttentionRecorder",
-           "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError",
+           "BlockScoreRecorder", "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError",
            "MultiheadAttentionRecorder", "RecordingSession", "check_multihead", "default_target_layer",
            "find_attention_modules", "find_module", "find_multihead_attention", "is_cait",
            "is_huggingface_model", "resolve_targets", "target_score"]

@@ -12,6 +12,9 @@ An adapter is the only owner of model knowledge. The explainers ask it:
 * `activation_recorder(layer)` and `default_gradcam_layer()`: Grad-CAM's recording and layer;
 * `layout(image_hw, num_tokens)`: the `TokenLayout` (prefix tokens, pooling, patch grid);
 * `block_count()`, `blocks_the_readout_skips()`, `check_attention()`;
+* `blocks()` and `scores_of_tokens(tokens, pooling)`: the transformer blocks in forward order,
+  and the class scores read from one block's output tokens (LeGrad); a ValueError saying why
+  for families where a block's tokens cannot be read as scores;
 * `example()`: a small random-init model of the family (no download), on which the contract
   tests (tests/test_contracts.py) run every method of the method table.
 
@@ -111,6 +114,19 @@ class Adapter:
     def check_attention(self) -> None:
         """ValueError when the model's attention cannot be recorded (called when an attention
         explainer is built, so that it fails there and not at the first call)."""
+
+    def blocks(self) -> list[nn.Module]:
+        """The transformer blocks in forward order, each over every token (class token included),
+        one attention each; ValueError for families without such blocks."""
+        raise ValueError(f"LeGrad needs transformer blocks over every token whose outputs the head can read; "
+                         f"vit-explain does not know them for {type(self.model).__name__}")
+
+    def scores_of_tokens(self, tokens: torch.Tensor, pooling: str) -> torch.Tensor:
+        """(B, classes): one block's output tokens (B, N, C) pooled, through the final norm and the
+        head. pooling "mean": the mean of all tokens (LeGrad's published choice), normalised;
+        "model": the model's own pooling of the normalised tokens."""
+        raise ValueError(f"LeGrad needs the model's final norm and head; vit-explain does not know them "
+                         f"for {type(self.model).__name__}")
 
     def blocks_the_readout_skips(self) -> range:
         """Blocks in which the token the classifier reads takes no part (its row is the identity)."""

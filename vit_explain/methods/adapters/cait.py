@@ -48,6 +48,11 @@ class CaitAdapter(TimmAdapter):
     def check_attention(self) -> None:
         pass  # is_cait() checked the modules the recorder hooks
 
+    def blocks(self):
+        raise ValueError(f"LeGrad needs blocks over every token: {type(self.model).__name__} (CaiT) has "
+                         "self-attention blocks over the patches only and class-attention blocks that update "
+                         "the class token only, so no block's output holds the tokens the head reads")
+
     def blocks_the_readout_skips(self) -> range:
         # the class token joins after the self-attention blocks; average pooling reads the patches
         return range(len(self.model.blocks)) if pooling_of(self.model) == "token" else range(0)

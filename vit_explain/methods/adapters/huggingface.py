@@ -95,3 +95,18 @@ class HuggingFaceViTAdapter(Adapter):
 
     def block_count(self) -> int:
         return int(self.model.config.num_hidden_layers)
+
+    def blocks(self) -> list[nn.Module]:
+        vit = self.model.vit
+        # transformers >= 5 keeps the layers on the model, earlier versions in an encoder
+        layers = getattr(vit, "layers", None)
+        if layers is None:
+            layers = getattr(getattr(vit, "encoder", None), "layer", None)
+        if layers is None:
+            raise ValueError(f"LeGrad cannot find the layers of {type(self.model).__name__} "
+                             "(neither vit.layers nor vit.encoder.layer)")
+        return list(layers)
+
+    def scores_of_tokens(self, tokens, pooling):
+        norm, classifier = self.model.vit.layernorm, self.model.classifier
+        return classifier(norm(tokens.mean(dim=1)) if pooling == "mean" else norm(tokens)[:, 0])

@@ -31,6 +31,10 @@ class SwinAdapter(TimmAdapter):
             "swin_tiny_patch4_window7_224", pretrained=False, img_size=32, patch_size=4, window_size=4,
             depths=(1, 1), num_heads=(1, 2), embed_dim=24, num_classes=5))
 
+    def blocks(self):
+        raise ValueError(f"{type(self.model).__name__} attends within shifted windows: windowed attention such "
+                         "as Swin's has no token-to-token attention for LeGrad; use grad-cam")
+
     def recorder(self, gradients: bool, reduce=None):
         raise ValueError(
             f"{type(self.model).__name__} attends within shifted windows: windowed attention such as Swin's "

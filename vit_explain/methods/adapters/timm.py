@@ -119,3 +119,20 @@ class TimmAdapter(Adapter):
 
     def check_attention(self) -> None:
         find_attention_modules(self.model, self.attention_layer_name)
+
+    def blocks(self) -> list[nn.Module]:
+        blocks = getattr(self.model, "blocks", None)
+        if not isinstance(blocks, nn.Module) or not len(blocks) or not callable(getattr(self.model, "forward_head", None)):
+            raise ValueError(f"LeGrad needs timm's `blocks` and `forward_head`; {type(self.model).__name__} "
+                             "lacks them")
+        return list(blocks)
+
+    def scores_of_tokens(self, tokens, pooling):
+        norm = getattr(self.model, "norm", None)
+        norm = (lambda t: t) if norm is None else norm
+        if pooling == "mean":
+            # Every token replaced by the normalised mean of all tokens: whatever the model's own
+            # pooling (class token, average, attention pool), it then reads norm(mean), and
+            # forward_head adds its fc_norm and head(s) as the model does.
+            return self.model.forward_head(norm(tokens.mean(dim=1, keepdim=True)).expand_as(tokens))
+        return self.model.forward_head(norm(tokens))
