@@ -1,4 +1,6 @@
 """Per-block operations on attention maps: head fusion and discarding weak entries."""
+import numbers
+
 import torch
 
 from .select import kth_smallest
@@ -7,14 +9,19 @@ HEAD_FUSIONS = ("mean", "max", "min")
 
 
 def check_head_fusion(head_fusion: str) -> None:
-    if head_fusion not in HEAD_FUSIONS:
+    """ValueError, whatever the type, unless head_fusion is one of HEAD_FUSIONS (a str: an array
+    compared with `in` would answer elementwise)."""
+    if not isinstance(head_fusion, str) or head_fusion not in HEAD_FUSIONS:
         raise ValueError(
             f"head_fusion must be one of {', '.join(HEAD_FUSIONS)}; got {head_fusion!r}"
         )
 
 
 def check_discard_ratio(discard_ratio: float) -> None:
-    if not 0.0 <= float(discard_ratio) < 1.0:
+    """ValueError, whatever the type, unless discard_ratio is a real number in [0, 1): not None,
+    a string, a bool or a tensor, and not NaN (which every comparison lets through)."""
+    if (isinstance(discard_ratio, bool) or not isinstance(discard_ratio, numbers.Real)
+            or not 0.0 <= discard_ratio < 1.0):
         raise ValueError(f"discard_ratio must be in [0, 1); got {discard_ratio!r}")
 
 

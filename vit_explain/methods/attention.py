@@ -1,6 +1,8 @@
 """Beyond rollout: gradient-weighted attention (Chefer et al.) and raw attention maps."""
 from __future__ import annotations
 
+import numbers
+
 import torch
 
 from ..math import gradient_weighted_attention, raw_attention
@@ -36,6 +38,10 @@ class VITRawAttention(AttentionExplainer):
     def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, layer: int = -1):
         super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
         blocks = self.attention_block_count()
+        # a bool is an int to Python, and 1.0 would pass the range check and fail at the first call
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise LayerError(f"layer must be an int (a block index, -1 for the last); got {layer!r}")
+        layer = int(layer)
         if not -blocks <= layer < blocks:
             raise LayerError(f"layer {layer} is out of range: the model has {blocks} attention blocks "
                              f"(0..{blocks - 1}, or -1 for the last)")

@@ -51,10 +51,20 @@ class Explainer:
         raise NotImplementedError
 
     def model_input(self, input_tensor: torch.Tensor) -> torch.Tensor:
-        """The checked input on the model's device, in its dtype."""
+        """The checked input on the model's device, in its dtype. ValueError for an input the model
+        cannot take, and for NaN or infinite values, in the input or after the cast to the model's
+        dtype (1e5 overflows float16): they would come back as NaN masks without a word."""
         self.adapter.check_input(input_tensor)
         param = next(self.model.parameters(), None)
-        return input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
+        x = input_tensor if param is None else input_tensor.to(device=param.device, dtype=param.dtype)
+        if not bool(torch.isfinite(x).all()):
+            bad = int((~torch.isfinite(input_tensor)).sum())
+            if bad:
+                raise ValueError(f"the input holds {bad} NaN or infinite values (of {input_tensor.numel()}); "
+                                 "explanations of it would be NaN")
+            raise ValueError(f"the input has values beyond the range of the model's dtype {x.dtype} "
+                             f"(largest {torch.finfo(x.dtype).max:g})")
+        return x
 
     def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
         """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
