@@ -185,12 +185,17 @@ def write_huge_jpeg(path, side=10000) -> Path:
 def write_absurd_png(path, side=200_000) -> Path:
     """A PNG header claiming side x side pixels (4e10 by default); the data is a stub.
     Only the header is valid: enough for a loader to see the size and refuse."""
-    path = _target(path, "absurd.png")
+    return write_png_header(_target(path, "absurd.png"), side, side)
 
+
+def write_png_header(path, width, height, bit_depth=8, color_type=2) -> Path:
+    """A tiny PNG whose header claims width x height pixels (color_type 0: gray, 2: RGB) over a
+    stub of data: a decompression bomb in a few hundred bytes."""
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)  # 8-bit RGB
+    ihdr = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
+    path = Path(path)
     path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
                      + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b""))
     return path

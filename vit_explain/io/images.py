@@ -23,6 +23,19 @@ MAX_PIXELS = 25_000_000
 # Above this we refuse outright: even a reduced decode of such a file takes too long to be useful.
 ABSURD_PIXELS = 10_000_000_000
 
+# The memory budget of one image, checked from the header before anything is decoded: decoding
+# it and turning it into 8-bit RGB may take at most this much (see decode_bytes). JPEGs count
+# at the reduced scale their decoder delivers. A decoding worker holds one image at a time.
+MAX_DECODE_BYTES = 1 << 30
+# Wider (or taller) than this is refused: the model's resize of the short side would blow the
+# long side up to millions of pixels, for an image no model can read anyway.
+MAX_ASPECT = 100
+
+# bytes per pixel of PIL's decoded modes (others count as 4)
+_MODE_BYTES = {"1": 1, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "I;16L": 2, "I;16B": 2,
+               "I;16N": 2, "RGB": 3, "YCbCr": 3, "LAB": 3, "HSV": 3, "RGBA": 4, "RGBa": 4, "RGBX": 4,
+               "CMYK": 4, "I": 4, "F": 4}
+
 # EXIF orientations that swap width and height (transpose, rotate 90/270, transverse).
 _SWAPS_AXES = {5, 6, 7, 8}
 
@@ -166,12 +179,16 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
             width, height = im.size
             if width * height > ABSURD_PIXELS:
                 raise ImageError(f"{path} is too large to load ({width} x {height} pixels)")
+            if max(width, height) > MAX_ASPECT * min(width, height):
+                raise ImageError(f"{path} is {width} x {height} pixels: an aspect ratio beyond "
+                                 f"{MAX_ASPECT}:1, which no vision model reads; crop it first")
             if width * height > max_pixels:
                 scale = next((s for s in (1, 2, 4, 8)
                               if math.ceil(width / s) * math.ceil(height / s) <= max_pixels), 8)
                 # JPEG only (a no-op elsewhere): the decoder scales by 1/`scale`, since draft picks
                 # the largest scale whose result is at least this big.
                 im.draft("RGB", (max(1, width // scale), max(1, height // scale)))
+            check_budget(path, im.mode, *im.size)  # the size the decoder will deliver
             im.load()  # frame 0 of an animation; decode errors surface here
             _exif_transpose(im)  # while the file is open: TIFF reads its EXIF from it
     except ImageError:
@@ -196,6 +213,21 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     return rgb
 
 
+def decode_bytes(mode: str, width: int, height: int) -> int:
+    """Peak bytes to decode an image and turn it into 8-bit RGB: the decoded pixels, one converted
+    copy (RGBA for transparency, 8-bit gray for high bit depths; at most 4 bytes a pixel) and the
+    RGB result (3). Conversions work in row chunks, so their temporaries stay small."""
+    return width * height * (_MODE_BYTES.get(mode, 4) + 4 + 3)
+
+
+def check_budget(path: Path, mode: str, width: int, height: int) -> None:
+    needed = decode_bytes(mode, width, height)
+    if needed > MAX_DECODE_BYTES:
+        raise ImageError(f"{path} is too large to decode: {width} x {height} pixels ({mode}) need about "
+                         f"{needed / 2**30:.1f} GiB, over the {MAX_DECODE_BYTES / 2**30:.0f} GiB budget of an "
+                         "image; make it smaller or save it as a JPEG (decoded reduced)")
+
+
 def _exif_transpose(im: Image.Image) -> None:
     try:
         ImageOps.exif_transpose(im, in_place=True)
@@ -218,20 +250,47 @@ def _to_rgb(im: Image.Image) -> Image.Image:
     return im if im.mode == "RGB" else im.convert("RGB")  # CMYK (Adobe too), YCbCr, P, L, 1, ...
 
 
+CHUNK_PIXELS = 1 << 20  # conversions run over row chunks of about this many pixels
+
+
 def _to_uint8(a: np.ndarray, mode: str) -> np.ndarray:
-    """Scale high-bit-depth gray to 0..255 by its bit depth (or, with no fixed depth, its range)."""
-    a = a.astype(np.float64)
+    """Scale high-bit-depth gray to 0..255 by its bit depth (or, with no fixed depth, its range).
+
+    Row chunk by row chunk, so the float temporaries stay a few MB whatever the image's size."""
+    if a.size == 0:
+        return a.astype(np.uint8)
+    finite = mode != "F" or bool(np.isfinite(a).all())
+    # non-finite floats count as 0, as if nan_to_num(a, 0, 0, 0) had run first
+    low, high = (float(a.min()), float(a.max())) if finite else _finite_range(a, also=0.0)
+    offset = 0.0
     if mode.startswith("I;16"):
         top = 65535.0
-    elif mode == "I" and a.min() >= 0 and a.max() <= 65535:
-        top = 255.0 if a.max() <= 255 else 65535.0  # 8-bit or 16-bit data stored as 32-bit ints
-    elif mode == "F" and np.isfinite(a).all() and a.min() >= 0 and a.max() <= 1:
+    elif mode == "I" and low >= 0 and high <= 65535:
+        top = 255.0 if high <= 255 else 65535.0  # 8-bit or 16-bit data stored as 32-bit ints
+    elif mode == "F" and finite and low >= 0 and high <= 1:
         top = 1.0  # float images in [0, 1] are the common convention
     else:  # signed/32-bit/float data has no fixed range: stretch what is there
-        a = np.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
-        low, high = a.min(), a.max()
-        a, top = a - low, (high - low) or 1.0
-    return np.clip(np.rint(a * (255.0 / top)), 0, 255).astype(np.uint8)
+        offset, top = low, (high - low) or 1.0
+    out = np.empty(a.shape, dtype=np.uint8)
+    rows = max(1, CHUNK_PIXELS // max(1, a.shape[1] if a.ndim > 1 else a.size))
+    for start in range(0, a.shape[0], rows):
+        chunk = a[start:start + rows].astype(np.float64)
+        if not finite:
+            chunk = np.nan_to_num(chunk, nan=0.0, posinf=0.0, neginf=0.0)
+        out[start:start + rows] = np.clip(np.rint((chunk - offset) * (255.0 / top)), 0, 255)
+    return out
+
+
+def _finite_range(a: np.ndarray, also: float) -> tuple[float, float]:
+    """min and max of the finite values and `also`, chunk by chunk."""
+    low, high = also, also
+    flat = a.reshape(-1)
+    for start in range(0, flat.size, CHUNK_PIXELS):
+        chunk = flat[start:start + CHUNK_PIXELS]
+        chunk = chunk[np.isfinite(chunk)]
+        if chunk.size:
+            low, high = min(low, float(chunk.min())), max(high, float(chunk.max()))
+    return low, high
 
 
 def _fit(width: int, height: int, max_pixels: int) -> tuple[int, int]:

@@ -1,11 +1,10 @@
-"""Output files: names, folder mirroring, atomic writes, the run manifest."""
+"""Output files and the output folder: checks, a lock against concurrent runs, folders that
+stay inside it, atomic writes, leftovers of killed runs, and the encoders."""
 from __future__ import annotations
 
-import json
 import os
+import re
 import tempfile
-import threading
-from collections import Counter
 from contextlib import contextmanager
 from io import BytesIO
 from pathlib import Path
@@ -18,23 +17,18 @@ class OutputError(Exception):
     """The output folder cannot be used; one user-facing line."""
 
 
-def output_stems(images: list[Path], input_root: Path, output_dir: Path) -> dict[Path, Path]:
-    """Where each image's outputs go (without suffix): the input folder's subfolders mirrored
-    under output_dir. Images sharing a stem in one folder keep their extension in the name."""
-    stems = Counter((p.parent, p.stem) for p in images)
-    result = {}
-    for path in images:
-        relative = path.parent.relative_to(input_root) if input_root.is_dir() else Path()
-        stem = path.stem if stems[(path.parent, path.stem)] == 1 else path.name.replace(".", "_")
-        result[path] = output_dir / relative / stem
-    return result
+def _inside(path: Path, folder: Path) -> bool:
+    return path == folder or folder in path.parents
 
 
 def check_output_dir(output_dir: Path, input_path: Path) -> None:
+    """The output folder can be written and is apart from the input: it lies neither inside the
+    input folder nor around the input (outputs would land among the inputs, or on one)."""
     output_dir, input_path = output_dir.resolve(), input_path.resolve()
-    if input_path.is_dir() and (output_dir == input_path or input_path in output_dir.parents):
+    if input_path.is_dir() and _inside(output_dir, input_path):
         raise OutputError(f"the output folder {output_dir} is inside the input folder {input_path}; "
                           "choose another --output-dir")
+    check_inputs_outside(output_dir, [input_path])
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=output_dir):
@@ -43,12 +37,83 @@ def check_output_dir(output_dir: Path, input_path: Path) -> None:
         raise OutputError(f"cannot write to the output folder {output_dir}: {error.strerror or error}") from None
 
 
+def check_inputs_outside(output_dir: Path, inputs) -> None:
+    """No input lies inside the output folder (as its outputs or manifest could overwrite it);
+    resolved, so a link in an input folder that points into the output folder counts."""
+    output_dir = output_dir.resolve()
+    for item in inputs:
+        if _inside(Path(item).resolve(), output_dir):
+            raise OutputError(f"the input {item} lies inside the output folder {output_dir}; "
+                              "choose another --output-dir")
+
+
+def make_output_folder(output_dir: Path, folder: Path) -> None:
+    """Create folder (inside output_dir) one level at a time, refusing to go through a symbolic
+    link or anything that is not a folder: outputs never leave the output folder."""
+    relative = folder.relative_to(output_dir)
+    current = output_dir
+    for part in relative.parts:
+        current = current / part
+        if current.is_symlink():
+            raise OSError(f"{current} is a symbolic link; vit-explain does not write through links")
+        if not current.exists():
+            current.mkdir(exist_ok=True)
+        elif not current.is_dir():
+            raise OSError(f"{current} is in the way: it is a file where a folder of outputs goes")
+
+
+class OutputLock:
+    """An exclusive lock on the output folder for one run (flock on the folder itself, so no
+    lock file is left behind): a second run into the same folder is refused instead of
+    interleaving its writes and manifest with the first's. The kernel drops the lock when the
+    process ends, however it ends."""
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = output_dir
+        self._fd = None
+
+    def acquire(self) -> None:
+        try:
+            import fcntl
+        except ImportError:  # no flock (Windows): no guard, as before
+            return
+        fd = os.open(self.output_dir, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise OutputError(f"another vit-explain run is writing to {self.output_dir}; wait for it to "
+                              "finish or choose another --output-dir") from None
+        self._fd = fd
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+TEMPORARY_PREFIX = ".vxe-"  # short: the temporary name must fit the file-name limit whatever the output's
+# leftovers of killed runs: ours, and 0.1's ".<output name>.<random>.part"
+_LEFTOVER = re.compile(r"^\.(vxe-|.+\.)[a-z0-9_]{8}\.part$")
+
+
+def remove_leftovers(output_dir: Path) -> int:
+    """Delete the temporary files killed runs left in the output folder (call it holding the lock)."""
+    removed = 0
+    for folder, dirs, names in os.walk(output_dir):  # does not follow links
+        for name in names:
+            if _LEFTOVER.match(name):
+                Path(folder, name).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
 @contextmanager
 def atomic_file(path: Path, mode: str = "wb"):
     """A file to write that appears at path, whole, only when the block ends without an error:
     it is written beside path under a temporary name, then renamed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=TEMPORARY_PREFIX, suffix=".part")
     try:
         with os.fdopen(handle, mode) as file:
             yield file
@@ -88,47 +153,3 @@ def write_npy(path: Path, array: np.ndarray) -> None:
     buffer = BytesIO()
     np.save(buffer, array)
     atomic_write(path, buffer.getvalue())
-
-
-class Manifest:
-    """manifest.json in the output folder: one entry per input, kept across runs so that a
-    re-run which skips finished images still lists them.
-
-    It is also the run's last output sink (see sinks.py): write() lists an explained image with
-    the outputs the other sinks wrote for it, close() saves the file. Entries may be added from
-    the writer threads."""
-
-    def __init__(self, output_dir: Path, header: dict):
-        self.path = output_dir / "manifest.json"
-        self.header = header
-        self.entries: dict[str, dict] = {}
-        self._lock = threading.Lock()
-        try:
-            previous = json.loads(self.path.read_text())
-            self.entries = {entry["input"]: entry for entry in previous.get("images", [])}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            pass
-
-    def get(self, input_path: str) -> dict | None:
-        with self._lock:
-            return self.entries.get(input_path)
-
-    def add(self, entry: dict) -> None:
-        with self._lock:
-            self.entries[entry["input"]] = entry
-
-    def done(self, base: Path) -> bool:
-        return True  # an entry never needs redoing by itself: the files it lists do
-
-    def write(self, item) -> None:
-        self.add({"input": str(item.input), "status": "explained", "outputs": dict(item.outputs), **item.entry})
-
-    def close(self) -> None:
-        self.save()
-
-    def save(self) -> None:
-        with self._lock:
-            document = dict(self.header, images=sorted(self.entries.values(), key=lambda e: e["input"]))
-        with atomic_file(self.path, "w") as file:  # streamed: no copy of a large manifest as one string
-            json.dump(document, file, indent=2)
-            file.write("\n")

@@ -3,8 +3,9 @@
 A run (vit_explain/cli/runner.py) asks every selected sink whether an image is already done,
 hands each explained image to every sink, and closes them all at the end:
 
-* `done(base) -> bool`: this sink's output for the image exists; `base` is the image's output
-  path without an ending (e.g. out/dog_attention_rollout_0.900_max);
+* `done(base, entry) -> bool`: this sink's output for the image is finished; `base` is the
+  image's output path without an ending (e.g. out/dog_attention_rollout_0.900_max), `entry`
+  the manifest entry an earlier run left for the same request and model (None if there is none);
 * `write(item)`: write the output for one `ExplainedImage` and record where it went in
   `item.outputs` (the manifest, written last, lists them); OSError when it cannot, and the run
   reports that image as failed and goes on;
@@ -12,7 +13,9 @@ hands each explained image to every sink, and closes them all at the end:
 
 A sink is built from the run's options (an object with attributes such as `colormap`, `alpha`,
 `compat`, `output_dir`). `--outputs` selects sinks by their SINKS name; the manifest
-(`outputs.Manifest`) is always written, after the others.
+(`manifest.Manifest`) is always written, after the others. File sinks never write outside the
+output folder (no folder on the way may be a link) and record each file's size, so that a later
+run can tell a finished output from a truncated one.
 """
 from __future__ import annotations
 
@@ -22,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .outputs import write_image, write_npy, write_png
+from .outputs import make_output_folder, write_image, write_npy, write_png
 from .overlay import compat_overlay, head_grid, overlay
 
 
@@ -37,6 +40,7 @@ class ExplainedImage:
     head_masks: np.ndarray | None    # (heads, gh, gw) for methods that show heads
     entry: dict                      # what the manifest says of it: method, parameters, classes
     outputs: dict[str, str] = field(default_factory=dict)  # sink name -> file written
+    output_bytes: dict[str, int] = field(default_factory=dict)  # sink name -> its size
 
 
 class FileSink:
@@ -51,13 +55,19 @@ class FileSink:
     def path(self, base: Path) -> Path:
         return base.with_name(base.name + self.ending)
 
-    def done(self, base: Path) -> bool:
-        return self.path(base).exists()
+    def done(self, base: Path, entry: dict | None) -> bool:
+        """The file exists, is no link, and has the size the earlier run recorded for it."""
+        if entry is None:
+            return False
+        path, size = self.path(base), entry.get("output_bytes", {}).get(self.name)
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == size
 
     def write(self, item: ExplainedImage) -> None:
         path = self.path(item.base)
+        make_output_folder(Path(self.options.output_dir), path.parent)
         self.save(path, item)
         item.outputs[self.name] = str(path)
+        item.output_bytes[self.name] = path.stat().st_size
 
     def save(self, path: Path, item: ExplainedImage) -> None:
         raise NotImplementedError
