@@ -9,6 +9,7 @@ import torch
 import tqdm
 
 from ..io.images import ImageError, find_inputs
+from ..io.messages import one_line, shown
 from ..io.models import ModelLoadError, load_model
 from ..io.outputs import OutputError, check_output_dir
 from ..methods.table import MethodSpec
@@ -26,12 +27,12 @@ def resolve_device(name: str) -> torch.device:
 
 
 def report(message: str) -> None:
-    """One line on stderr that does not break the progress bar."""
-    tqdm.tqdm.write(f"vit-explain: {message}", file=sys.stderr)
+    """One line on stderr that does not break the progress bar (whatever a file name in it holds)."""
+    tqdm.tqdm.write(f"vit-explain: {one_line(message)}", file=sys.stderr)
 
 
 def misnamed_message(path: Path) -> str:
-    return f"{path} is named like an image but is not one PIL can read"
+    return f"{shown(path)} is named like an image but is not one PIL can read"
 
 
 def input_root(image_path: Path) -> Path:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -14,12 +15,27 @@ import tqdm
 from PIL import Image
 
 from .._version import __version__
+from ..io.messages import shown
 from ..methods.evaluation import BASELINES
 from ..methods.table import METHODS
-from .errors import EXIT_INPUT, EXIT_OK, EXIT_SOME_FAILED, CommandError
+from .errors import EXIT_INPUT, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, CommandError
+from .main import harden
 from .options import DEFAULTS, Options, method_options, model_options, run_options
 
 BASELINE_MAPS = ("random", "uniform")
+RESULT_FILES = ("evaluation.json", "evaluation.csv")
+# Every step puts two perturbed copies of each image through the model, and the copies of one
+# image are made at once: 1000 steps of a 224 x 224 input take 1.2 GB. Steps beyond the number
+# of patches only repeat points of the curves.
+MAX_STEPS = 1000
+
+
+class MaskError(Exception):
+    """A ground-truth mask that cannot be used: its image fails, the others go on."""
+
+
+def all_finite(row: dict) -> bool:
+    return all(math.isfinite(value) for value in row.values() if isinstance(value, float))
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
@@ -29,7 +45,8 @@ BASELINE_MAPS = ("random", "uniform")
               help="Folder of ground-truth object masks (PNG, same stems as the images) for the pointing game.")
 @click.option("--methods", default=",".join(DEFAULTS.methods),
               help="Comma-separated methods to score; a random and a uniform map are always added.")
-@click.option("--steps", type=click.IntRange(min=1), default=DEFAULTS.steps, help="Deletion / insertion steps.")
+@click.option("--steps", type=click.IntRange(1, MAX_STEPS), default=DEFAULTS.steps,
+              help=f"Deletion / insertion steps (at most {MAX_STEPS}).")
 @click.option("--baseline", type=click.Choice(BASELINES), default=DEFAULTS.baseline,
               help="What deleted (or not yet inserted) patches become.")
 @model_options
@@ -49,14 +66,21 @@ def evaluate(use_cuda: bool, debug: bool, **kwargs) -> int:
     return Evaluation(Options(methods=tuple(dict.fromkeys(methods)), **kwargs)).run()
 
 
+harden(evaluate)
+
+
 class Evaluation:
     def __init__(self, options: Options):
         from ..io.preprocess import Preprocessor
         from .common import build_explainer, input_root, open_inputs_and_model
         self.options = options
         if options.masks_dir is not None and not options.masks_dir.is_dir():
-            raise CommandError(f"--masks {options.masks_dir} is not a folder", EXIT_INPUT)
+            raise CommandError(f"--masks {shown(options.masks_dir)} is not a folder", EXIT_INPUT)
         self.images, self.misnamed, self.model = open_inputs_and_model(options)
+        for name in RESULT_FILES:  # found now, not after the whole evaluation has run
+            if (options.output_dir / name).is_dir():
+                raise CommandError(f"{shown(options.output_dir / name)} is a folder, where the evaluation writes "
+                                   "its results: move it away or choose another --output-dir", EXIT_OUTPUT)
         self.root = input_root(options.image_path)
         self.explainers = {name: build_explainer(METHODS[name], self.model, options) for name in options.methods}
         self.preprocess = Preprocessor(self.model)
@@ -65,56 +89,98 @@ class Evaluation:
         self.failed = 0
 
     def object_mask(self, path: Path, size: tuple[int, int]) -> torch.Tensor | None:
-        """The ground-truth mask in model-input space: cropped and resized as the image was."""
+        """The ground-truth mask in model-input space: cropped and resized as the image was.
+        MaskError for a mask that cannot be read or is not the image's size."""
         masks_dir = self.options.masks_dir
         if masks_dir is None:
             return None
         relative = path.parent.relative_to(self.root)
         for candidate in (masks_dir / relative / f"{path.stem}.png", masks_dir / f"{path.stem}.png"):
             if candidate.is_file():
-                with Image.open(candidate) as mask:
-                    mask = mask.convert("L")
-                    box = self.preprocess.visible_box(*size)
-                    _, height, width = self.preprocess.config["input_size"]
-                    mask = mask.resize((width, height), Image.NEAREST, box=box)
-                    return torch.from_numpy(np.asarray(mask) > 127)
+                return self.read_mask(candidate, path, size)
         return None
+
+    def read_mask(self, mask_path: Path, image_path: Path, size: tuple[int, int]) -> torch.Tensor:
+        try:
+            # PIL's decompression-bomb check stays on: a mask needs no more pixels than its image
+            with Image.open(mask_path) as mask:
+                mask = mask.convert("L")
+        except Exception as error:  # PIL raises many types for a file it cannot decode
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise MaskError(f"{shown(image_path)}: its mask {shown(mask_path)} cannot be read: {reason}") from None
+        if mask.size != tuple(size):
+            raise MaskError(f"{shown(image_path)}: its mask {shown(mask_path)} is {mask.width} x {mask.height} "
+                            f"pixels, the image {size[0]} x {size[1]}")
+        box = self.preprocess.visible_box(*size)
+        _, height, width = self.preprocess.config["input_size"]
+        mask = mask.resize((width, height), Image.NEAREST, box=box)
+        return torch.from_numpy(np.asarray(mask) > 127)
 
     def run(self) -> int:
         from ..io.dataset import image_batches
-        from ..methods.evaluation import deletion_insertion, energy_pointing, pointing_hits
-        from .common import misnamed_message, report
+        from .common import misnamed_message
         o = self.options
         for path in self.misnamed:
-            report(misnamed_message(path))
-            self.failed += 1
+            self.fail(misnamed_message(path))
         progress = tqdm.tqdm(total=len(self.images), unit="img", disable=o.quiet, desc="evaluating",
                              file=sys.stderr)
-        device = next(self.model.parameters()).device
         for batch in image_batches(self.images, self.preprocess, o.batch_size, workers=0):
-            good = [item for item in batch if not item["error"]]
+            good = []
             for item in batch:
-                if item["error"]:
-                    report(item["error"])
-                    self.failed += 1
+                try:
+                    if item["error"]:
+                        raise MaskError(item["error"])
+                    item["object"] = self.object_mask(item["path"], item["image"].shape[1::-1])
+                    good.append(item)
+                except MaskError as error:
+                    self.fail(str(error))
             if good:
-                x = torch.stack([item["tensor"] for item in good]).to(device)
-                objects = [self.object_mask(item["path"], item["image"].shape[1::-1]) for item in good]
-                for name, maps, targets in self.maps(x):
-                    scores = deletion_insertion(self.model, x, maps, targets, o.steps, o.baseline)
-                    for i, item in enumerate(good):
-                        row = {"image": str(item["path"]), "method": name, "class": int(targets[i]),
-                               "deletion_auc": float(scores["deletion"][i]),
-                               "insertion_auc": float(scores["insertion"][i])}
-                        if objects[i] is not None:
-                            one_map, one_object = maps[i:i + 1].cpu(), objects[i][None]
-                            row["pointing_hit"] = bool(pointing_hits(one_map, one_object)[0])
-                            row["energy_pointing"] = float(energy_pointing(one_map, one_object)[0])
-                        self.rows.append(row)
+                self.score(good)
             progress.update(len(batch))
         progress.close()
         self.write()
         return EXIT_SOME_FAILED if self.failed else EXIT_OK
+
+    def fail(self, message: str) -> None:
+        from .common import report
+        report(message)
+        self.failed += 1
+
+    def score(self, items: list[dict]) -> None:
+        """Rows for a batch of images: every method and the baselines. A batch the model or a method
+        cannot take fails its own images, as in the explain command; an image whose scores are not
+        finite (a model with NaN weights) fails alone, so that the results hold numbers only."""
+        from ..methods.evaluation import deletion_insertion
+        o = self.options
+        x = torch.stack([item["tensor"] for item in items]).to(next(self.model.parameters()).device)
+        rows = []
+        try:
+            for name, maps, targets in self.maps(x):
+                scores = deletion_insertion(self.model, x, maps, targets, o.steps, o.baseline)
+                rows.append([self.row(item, name, maps[i:i + 1], int(targets[i]), scores, i)
+                             for i, item in enumerate(items)])
+        except (ValueError, RuntimeError) as error:  # RuntimeError: out of memory on a device, too
+            reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            for item in items:
+                self.fail(f"{shown(item['path'])}: cannot evaluate: {reason}")
+            return
+        finite = [all(all_finite(method_rows[i]) for method_rows in rows) for i in range(len(items))]
+        for i, item in enumerate(items):
+            if not finite[i]:
+                self.fail(f"{shown(item['path'])}: cannot evaluate: the model's scores are not finite "
+                          "(NaN or inf); check its weights")
+        self.rows.extend(row for method_rows in rows for i, row in enumerate(method_rows) if finite[i])
+
+    @staticmethod
+    def row(item: dict, name: str, one_map: torch.Tensor, target: int, scores: dict, i: int) -> dict:
+        from ..methods.evaluation import energy_pointing, pointing_hits
+        row = {"image": str(item["path"]), "method": name, "class": target,
+               "deletion_auc": float(scores["deletion"][i]), "insertion_auc": float(scores["insertion"][i])}
+        if item["object"] is not None:
+            one_map, one_object = one_map.cpu(), item["object"][None]
+            row["pointing_hit"] = bool(pointing_hits(one_map, one_object)[0])
+            row["energy_pointing"] = float(energy_pointing(one_map, one_object)[0])
+        return row
 
     def maps(self, x: torch.Tensor):
         """(name, (B, gh, gw) maps, (B,) explained classes) for every method and the two baselines."""
@@ -162,13 +228,19 @@ class Evaluation:
         o = self.options
         document = {"vit_explain": __version__, "torch": torch.__version__, "steps": o.steps,
                     "baseline": o.baseline, "summary": table, "images": self.rows}
-        atomic_write(o.output_dir / "evaluation.json", (json.dumps(document, indent=2) + "\n").encode())
+        # allow_nan=False: non-finite scores were failed in score(), and JSON has no NaN
+        json_text = json.dumps(document, indent=2, allow_nan=False) + "\n"
         fields = ["image", "method", "class", "deletion_auc", "insertion_auc", "pointing_hit", "energy_pointing"]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=fields)
         writer.writeheader()
         writer.writerows(self.rows)
-        atomic_write(o.output_dir / "evaluation.csv", buffer.getvalue().encode())
+        for name, text in zip(RESULT_FILES, (json_text, buffer.getvalue())):
+            try:
+                atomic_write(o.output_dir / name, text.encode())
+            except OSError as error:  # a full disk, say: the output folder's problem
+                raise CommandError(f"cannot write {shown(o.output_dir / name)}: {error.strerror or error}",
+                                   EXIT_OUTPUT) from None
         scored = len({row["image"] for row in self.rows})
         print(f"{scored} images scored, {self.failed} failed; "
-              f"details in {o.output_dir / 'evaluation.csv'}", file=sys.stderr)
+              f"details in {shown(o.output_dir / 'evaluation.csv')}", file=sys.stderr)

@@ -1,6 +1,8 @@
 """`vit-explain`: explain one image or a folder of images from the shell."""
 from __future__ import annotations
 
+import copy
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -8,15 +10,61 @@ from pathlib import Path
 import click
 
 from .._version import __version__
+from ..io.messages import one_line, shown
 from ..io.overlay import COLORMAPS
 from ..io.sinks import DEFAULT_SINKS, SINKS
 from ..methods.table import DEFAULT_CLASS_SPECIFIC_METHOD, DEFAULT_METHOD, METHODS
-from .errors import EXIT_INTERNAL, EXIT_USAGE, CommandError
+from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, CommandError,
+                     cannot_write)
 from .options import DEFAULTS, Options, method_options, model_options, run_options
 
 EXIT_CODES_HELP = ("Scoring methods: vit-explain evaluate --help. Exit codes: 0 all explained; 1 some "
                    "images failed (the rest were written); 2 bad command line; 3 model not loadable; 4 no usable input; 5 output folder "
                    "not writable; 70 internal error.")
+
+
+class NonEmptyPath(click.Path):
+    """A path option that refuses "": Path("") is ".", so --image_path "" explained the current folder."""
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (str, bytes)) and not value:
+            self.fail("is empty: give a file or folder name", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+def finite(number: float, value, param, ctx) -> float:
+    """number, once click has converted it; a usage error for nan and inf."""
+    if not math.isfinite(number):
+        raise click.BadParameter(f"{value!r} is not a finite number.", ctx, param)
+    return number
+
+
+class FiniteFloatRange(click.FloatRange):
+    """A float option that refuses nan and inf: nan passes every range check (it compares false)."""
+
+    def convert(self, value, param, ctx):
+        return finite(super().convert(value, param, ctx), value, param, ctx)
+
+
+class FiniteFloat(click.types.FloatParamType):
+    def convert(self, value, param, ctx):
+        return finite(super().convert(value, param, ctx), value, param, ctx)
+
+
+def harden(command: click.Command) -> click.Command:
+    """Every path and float option of the command refuses "" and nan / inf (see the classes
+    above): the options are declared in options.py for both commands, so their types are
+    tightened here, once, rather than at each declaration. The type is copied first (click.FLOAT
+    is one object shared by every float option) and given the stricter subclass."""
+    stricter = [(click.Path, NonEmptyPath), (click.FloatRange, FiniteFloatRange),
+                (click.types.FloatParamType, FiniteFloat)]
+    for param in command.params:
+        for base, strict in stricter:
+            if isinstance(param.type, base):
+                param.type = copy.copy(param.type)
+                param.type.__class__ = strict
+                break
+    return command
 
 
 def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
@@ -79,6 +127,30 @@ def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
     return Run(Options(**kwargs)).execute()
 
 
+harden(explain)
+
+
+def exit_code_for(error: Exception) -> tuple[int, str]:
+    """(exit code, message) for an error no command turned into a CommandError: the package's own
+    user-facing errors keep their documented code wherever they were raised, and an OS error only
+    a write gives (a full disk) is the output's; anything else is a bug (70)."""
+    if isinstance(error, CommandError):
+        return error.code, str(error)
+    # looked up, not imported: an error raised while importing one of them must not raise again here
+    for module, name, code in (("vit_explain.io.outputs", "OutputError", EXIT_OUTPUT),
+                               ("vit_explain.io.images", "ImageError", EXIT_INPUT),
+                               ("vit_explain.io.hub", "ModelLoadError", EXIT_MODEL),
+                               ("vit_explain.recording.modules", "LayerError", EXIT_USAGE)):
+        kind = getattr(sys.modules.get(module), name, None)
+        if kind is not None and isinstance(error, kind):
+            return code, str(error)
+    if cannot_write(error):
+        where = f" {shown(error.filename)}" if error.filename else ""
+        return EXIT_OUTPUT, f"cannot write{where}: {error.strerror}"
+    text = (str(error).strip().splitlines() or [""])[0]
+    return EXIT_INTERNAL, f"internal error: {type(error).__name__}: {text} (rerun with --debug)"
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: every failure ends in one line on stderr and a documented exit code."""
     argv = sys.argv[1:] if argv is None else argv
@@ -91,22 +163,16 @@ def main(argv: list[str] | None = None) -> None:
         code = command.main(args=argv, prog_name=name, standalone_mode=False)
     except click.exceptions.UsageError as error:
         hint = f" (see {name} --help)"
-        print(f"vit-explain: {error.format_message()}{hint}", file=sys.stderr)
+        print(f"vit-explain: {one_line(error.format_message())}{hint}", file=sys.stderr)
         code = EXIT_USAGE
     except click.exceptions.Abort:
         print("vit-explain: interrupted", file=sys.stderr)
         code = 130
-    except CommandError as error:
+    except Exception as error:  # one line whatever it is (a bug says so); --debug adds the traceback
         if debug:
             traceback.print_exc()
-        print(f"vit-explain: {error}", file=sys.stderr)
-        code = error.code
-    except Exception as error:  # a bug: still one line unless --debug
-        if debug:
-            traceback.print_exc()
-        print(f"vit-explain: internal error: {type(error).__name__}: {error} (rerun with --debug)",
-              file=sys.stderr)
-        code = EXIT_INTERNAL
+        code, message = exit_code_for(error)
+        print(f"vit-explain: {one_line(message)}", file=sys.stderr)
     sys.exit(code if isinstance(code, int) else 0)
 
 

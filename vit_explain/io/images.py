@@ -14,6 +14,9 @@ from pathlib import Path
 import numpy as np
 from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
+# absolute, not relative: tests load this file as a module of its own (no torch import)
+from vit_explain.io.messages import shown
+
 __all__ = ["MAX_PIXELS", "ImageError", "find_images", "find_inputs", "image_size", "is_image", "load_image"]
 
 # Larger images are decoded reduced (keeping their aspect): a bounded amount of memory per image,
@@ -79,11 +82,11 @@ def _short(exc: BaseException) -> str:
 def _check_file(path: Path) -> None:
     """Fail early, with a plain message, on what is not a non-empty file."""
     if not path.exists():
-        raise ImageError(f"no such file or folder: {path}")
+        raise ImageError(f"no such file or folder: {shown(path)}")
     if path.is_dir():
-        raise ImageError(f"{path} is a folder, not an image")
+        raise ImageError(f"{shown(path)} is a folder, not an image")
     if path.stat().st_size == 0:
-        raise ImageError(f"{path} is empty (0 bytes)")
+        raise ImageError(f"{shown(path)} is empty (0 bytes)")
 
 
 # --- finding -------------------------------------------------------------------------------------
@@ -111,11 +114,11 @@ def find_inputs(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
     but are not: a user expects to hear about those rather than have them skipped silently."""
     root = Path(path)
     if not root.exists():
-        raise ImageError(f"no such file or folder: {root}")
+        raise ImageError(f"no such file or folder: {shown(root)}")
     if not root.is_dir():
         _check_file(root)
         if not is_image(root):
-            raise ImageError(f"{root} is not an image PIL can read")
+            raise ImageError(f"{shown(root)} is not an image PIL can read")
         return [root], []
 
     files = []
@@ -125,18 +128,18 @@ def find_inputs(path: str | os.PathLike) -> tuple[list[Path], list[Path]]:
         files.extend(Path(folder) / n for n in names if not n.startswith("."))
     files = [f for f in files if f.is_file()]  # drops broken links, sockets, fifos
     if not files:
-        raise ImageError(f"folder {root} is empty")
+        raise ImageError(f"folder {shown(root)} is empty")
     recognised = {f: is_image(f) for f in files}
     images = sorted(f for f, ok in recognised.items() if ok)
     if not images:
-        raise ImageError(f"no images found in folder {root} ({len(files)} files looked at)")
+        raise ImageError(f"no images found in folder {shown(root)} ({len(files)} files looked at)")
     extensions = Image.registered_extensions()
     misnamed = sorted(f for f, ok in recognised.items() if not ok and f.suffix.lower() in extensions)
     return images, misnamed
 
 
 def _raise_walk_error(err: OSError) -> None:
-    raise ImageError(f"cannot read folder {err.filename}: {err.strerror or _short(err)}")
+    raise ImageError(f"cannot read folder {shown(err.filename)}: {err.strerror or _short(err)}")
 
 
 # --- decoding ------------------------------------------------------------------------------------
@@ -157,9 +160,9 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
             if im.format == "TIFF":
                 orientation = 1  # PIL's TIFF reader already reports (and loads) the turned size
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image PIL can read") from None
+        raise ImageError(f"{shown(path)} is not an image PIL can read") from None
     except Exception as e:  # PIL raises many types on a corrupt header
-        raise ImageError(f"{path} is truncated or corrupt: {_short(e)}") from None
+        raise ImageError(f"{shown(path)} is truncated or corrupt: {_short(e)}") from None
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
@@ -178,7 +181,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
         with _no_bomb_check(), Image.open(path) as im:
             width, height = im.size
             if width * height > ABSURD_PIXELS:
-                raise ImageError(f"{path} is too large to load ({width} x {height} pixels)")
+                raise ImageError(f"{shown(path)} is too large to load ({width} x {height} pixels)")
             if max(width, height) > MAX_ASPECT * min(width, height):
                 raise ImageError(f"{path} is {width} x {height} pixels: an aspect ratio beyond "
                                  f"{MAX_ASPECT}:1, which no vision model reads; crop it first")
@@ -194,18 +197,18 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     except ImageError:
         raise
     except PermissionError:
-        raise ImageError(f"{path} cannot be read (permission denied)") from None
+        raise ImageError(f"{shown(path)} cannot be read (permission denied)") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path} is not an image PIL can read") from None
+        raise ImageError(f"{shown(path)} is not an image PIL can read") from None
     except MemoryError:
-        raise ImageError(f"{path} is too large to decode in the memory available") from None
+        raise ImageError(f"{shown(path)} is too large to decode in the memory available") from None
     except Exception as e:  # PIL plugins raise OSError, SyntaxError, ValueError, EOFError, ...
-        raise ImageError(f"{path} is truncated or corrupt: {_short(e)}") from None
+        raise ImageError(f"{shown(path)} is truncated or corrupt: {_short(e)}") from None
 
     try:
         rgb = _to_rgb(im)
     except (ValueError, OSError) as e:  # e.g. LAB or multi-channel float TIFFs
-        raise ImageError(f"{path} has pixels ({im.mode}) that cannot be shown as RGB: {_short(e)}") from None
+        raise ImageError(f"{shown(path)} has pixels ({im.mode}) that cannot be shown as RGB: {_short(e)}") from None
 
     if rgb.width * rgb.height > max_pixels:  # not a JPEG, or even 1/8 scale was too big
         size = _fit(rgb.width, rgb.height, max_pixels)

@@ -30,7 +30,10 @@ def load_model(name: str, hub: str | None = None, checkpoint: str | None = None,
         model = LOADERS[prefix](name[len(prefix):])
     else:
         model = load_hub(hub, name) if hub else load_timm(name, checkpoint)
-    return model.eval().to(device)
+    try:
+        return model.eval().to(device)
+    except torch.cuda.OutOfMemoryError:  # a model larger than the device's memory is the model's problem
+        raise ModelLoadError(f"{name!r} does not fit in the memory of {device}") from None
 
 
 __all__ = ["LOADERS", "ModelLoadError", "load_model"]

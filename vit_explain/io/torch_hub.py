@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from .hub import ModelLoadError, first_line, reachable
+from .messages import shown
 
 
 @contextlib.contextmanager
@@ -41,14 +42,14 @@ def load_hub(repo: str, name: str) -> nn.Module:
     local = os.path.isdir(repo)
     if not local and not reachable("https://github.com"):
         raise ModelLoadError(
-            f"cannot fetch {name!r} from torch hub repo {repo}: no network. Use --model "
+            f"cannot fetch {name!r} from torch hub repo {shown(repo)}: no network. Use --model "
             f"local-dir:FOLDER, --checkpoint FILE, or --hub with a local copy of the repo")
     try:
         with timm_registry_preserved():
             model = torch.hub.load(repo, name, pretrained=True, source="local" if local else "github",
                                    trust_repo=True)
     except Exception as error:
-        raise ModelLoadError(f"cannot load {name!r} from torch hub repo {repo}: {first_line(error)}") from None
+        raise ModelLoadError(f"cannot load {name!r} from torch hub repo {shown(repo)}: {first_line(error)}") from None
     if not isinstance(model, nn.Module):
-        raise ModelLoadError(f"torch hub entry point {name!r} of {repo} did not return a model")
+        raise ModelLoadError(f"torch hub entry point {name!r} of {shown(repo)} did not return a model")
     return model

@@ -7,12 +7,16 @@ extra and is imported only here, only for such a model.
 """
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 from PIL import Image
 from torch import nn
 
-from .hub import ModelLoadError, first_line, hf_offline, reachable
+from .hub import (ModelLoadError, check_class_count, check_fits_memory, first_line, hf_offline, reachable,
+                  unreadable_file, weights_error)
+from .messages import shown
 
 HF_PREFIX = "hf:"
 
@@ -30,23 +34,84 @@ def load_transformers(source: str) -> nn.Module:
     local = folder.is_dir()
     where = str(folder) if local else source
     offline = not local and not reachable(constants.ENDPOINT)
-    bars = transformers.utils.logging.is_progress_bar_enabled()
-    transformers.utils.logging.disable_progress_bar()  # its weight-loading bar would clutter stderr
     try:
-        with hf_offline(local or offline):
-            model = transformers.AutoModelForImageClassification.from_pretrained(where)
+        with quiet(transformers), hf_offline(local or offline):
+            check_config(read_config(where, local), where)
+            config = transformers.AutoConfig.from_pretrained(where)
+            check_fits_memory(lambda: transformers.AutoModelForImageClassification.from_config(config),
+                              f"the model {shown(where)}")
+            model, info = transformers.AutoModelForImageClassification.from_pretrained(where, output_loading_info=True)
+            check_complete(info, source)
             processor = image_processor(transformers, where, model.config)
-    except (OSError, ValueError) as error:  # not found, not cached, not an image classifier
+    except ModelLoadError:
+        raise
+    # not found, not cached, not an image classifier, a broken config or weights file: transformers,
+    # huggingface_hub, torch and safetensors raise many types for these
+    except Exception as error:
         if offline:
             raise ModelLoadError(f"cannot download {source!r}: no network and not in the local cache. "
                                  "Use --model hf:FOLDER (a folder saved with save_pretrained)") from None
+        if unreadable_file(error) and local:
+            raise weights_error(folder, error) from None
+        if "ignore_mismatched_sizes" in str(error):  # its message points at a report we keep quiet
+            raise ModelLoadError(f"the weights of {source!r} do not fit the architecture its config.json "
+                                 "describes (tensor sizes differ)") from None
         raise ModelLoadError(f"cannot load {source!r} with transformers: {first_line(error)}") from None
-    finally:
-        if bars:
-            transformers.utils.logging.enable_progress_bar()
     model.pretrained_cfg = data_config(processor, model.config)
     model.num_classes = int(model.config.num_labels)
     return model
+
+
+def check_complete(info: dict, source: str) -> None:
+    """Every tensor of the model came from the weights: transformers would initialise a missing
+    classifier at random (a base model's checkpoint), and its explanations would mean nothing.
+    Its warning about it is silenced with the rest (quiet), so this is the one line instead."""
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        raise ModelLoadError(f"the weights of {source!r} lack {len(missing)} of the model's tensors "
+                             f"({', '.join(missing[:3])}{', ...' if len(missing) > 3 else ''}): not an image "
+                             "classifier checkpoint? Those would be random")
+
+
+@contextlib.contextmanager
+def quiet(transformers):
+    """transformers' progress bars and load reports would clutter stderr: errors only, while loading."""
+    logging = transformers.utils.logging
+    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+        if bars:
+            logging.enable_progress_bar()
+
+
+def read_config(where: str, local: bool) -> dict:
+    """config.json as JSON, read before transformers does: from the folder, or the hub's copy."""
+    if local:
+        path = Path(where) / "config.json"
+    else:
+        from huggingface_hub import hf_hub_download
+        path = Path(hf_hub_download(where, "config.json"))
+    try:
+        config = json.loads(path.read_bytes())
+    except OSError as error:
+        raise ModelLoadError(f"cannot read {shown(path)}: {error.strerror or first_line(error)}") from None
+    except ValueError as error:
+        raise ModelLoadError(f"{shown(path)} is not valid JSON: {first_line(error)}") from None
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{shown(path)} is not a transformers model config (a JSON object)")
+    return config
+
+
+def check_config(config: dict, where: str) -> None:
+    """The class count, before transformers makes a label for each class (a config claiming 10^9
+    classes would take all memory there)."""
+    labels = config.get("id2label")
+    count = config.get("num_labels", len(labels) if isinstance(labels, dict) else 2)
+    check_class_count(count, f"the config of {shown(where)}")
 
 
 def image_processor(transformers, source: str, config):
