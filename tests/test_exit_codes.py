@@ -399,8 +399,6 @@ def test_evaluate_on_a_full_disk_is_an_output_error(small_disk, tiny_model_dir, 
     assert code == 5 and "No space left on device" in one_error(err)
 
 
-@pytest.mark.xfail(strict=True, reason="runner.py: a full disk fails each image in turn (exit 1 when the "
-                                       "manifest still fits) instead of stopping the run with exit 5")
 def test_explain_on_a_full_disk_stops_with_an_output_error(small_disk, tiny_model_dir, tmp_path, capsys):
     """Room for the manifest, none for the overlays: the first image that cannot be written ends
     the run (no point trying the rest) with exit 5 and the reason."""

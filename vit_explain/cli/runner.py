@@ -26,6 +26,7 @@ from ..io.dataset import image_batches
 from ..io.labels import class_names
 from ..io.identity import file_sha256, weights_fingerprint
 from ..io.manifest import Manifest, entry_key
+from ..io.messages import shown
 from ..io.naming import output_base, output_stems
 from ..io.outputs import OutputError, OutputLock, check_inputs_outside, remove_leftovers
 from ..io.preprocess import Preprocessor
@@ -33,7 +34,7 @@ from ..io.sinks import DEFAULT_SINKS, SINKS, ExplainedImage, close_all
 from ..io.writer import BackgroundWriter
 from ..methods.table import METHODS
 from .common import build_explainer, input_root, misnamed_message, open_inputs_and_model, report
-from .errors import EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE, CommandError
+from .errors import EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, EXIT_USAGE, CommandError, cannot_write
 from .options import Options
 
 
@@ -116,6 +117,7 @@ class Run:
         self.explained = self.failed = self.skipped = 0
         self._lock = threading.Lock()  # the counters, shared with the writer threads
         self._writer: BackgroundWriter | None = None
+        self.stop: CommandError | None = None  # set by a writer thread when no output can be written
 
     def method_parameters(self) -> dict:
         """The method's keywords as the explainer took them (Grad-CAM's resolved default layer,
@@ -191,6 +193,8 @@ class Run:
                 if good:
                     self.explain_batch(good)
                 progress.update(len(batch))
+                if self.stop is not None:
+                    break
         finally:
             batches.close()  # stops the decoding workers now, also on an interrupt
             try:
@@ -200,8 +204,10 @@ class Run:
                 try:
                     close_all(self.sinks)
                 except OSError as error:
-                    raise CommandError(f"cannot save the manifest in {o.output_dir}: "
+                    raise CommandError(f"cannot save the manifest in {shown(o.output_dir)}: "
                                        f"{error.strerror or error}", EXIT_OUTPUT) from None
+        if self.stop is not None:
+            raise self.stop
 
     def explain_batch(self, items: list[dict]) -> None:
         try:
@@ -211,7 +217,7 @@ class Run:
         # that includes running out of memory on a device (a RuntimeError).
         except (ValueError, RuntimeError) as error:
             for item in items:
-                self.fail(item["path"], f"{item['path']}: cannot explain: {error}")
+                self.fail(item["path"], f"{shown(item['path'])}: cannot explain: {error}")
             return
         # one copy from the device per batch, not one per image
         masks, logits, targets = result.masks.cpu().numpy(), result.logits.cpu(), result.targets.tolist()
@@ -219,7 +225,7 @@ class Run:
         finite = torch.isfinite(logits).all(dim=1).tolist()
         for index, item in enumerate(items):
             if not finite[index] or not np.isfinite(masks[index]).all():
-                self.fail(item["path"], f"{item['path']}: cannot explain: the model's output is not finite "
+                self.fail(item["path"], f"{shown(item['path'])}: cannot explain: the model's output is not finite "
                                         "(NaN or inf); check its weights and the input")
                 continue
             self._writer.submit(self.write_outputs, item, masks[index], None if heads is None else heads[index],
@@ -227,6 +233,8 @@ class Run:
 
     def write_outputs(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
                       logits: torch.Tensor, target: int) -> None:
+        if self.stop is not None:  # the disk is full: this image waits for the next run, like the rest
+            return
         path, image = item["path"], item["image"]
         class_specific = self.spec.class_specific
         request = self.request(path)
@@ -249,7 +257,10 @@ class Run:
             for sink in self.sinks:
                 sink.write(explained)
         except OSError as error:
-            self.fail(path, f"{path}: cannot write outputs: {error}")
+            self.fail(path, f"{shown(path)}: cannot write outputs: {error}")
+            if cannot_write(error):  # a full disk fails every image after it too: stop the run
+                self.stop = CommandError(f"cannot write to {shown(self.options.output_dir)}: "
+                                         f"{error.strerror or error}", EXIT_OUTPUT)
             return
         with self._lock:
             self.explained += 1

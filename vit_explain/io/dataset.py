@@ -18,6 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .images import ImageError, load_image
+from .messages import shown
 
 
 class ImageFiles(Dataset):
@@ -36,7 +37,7 @@ class ImageFiles(Dataset):
         except ImageError as error:
             return failed(path, str(error))
         except Exception as error:  # a decoder bug must not stop the folder
-            return failed(path, f"{path}: cannot read: {error}")
+            return failed(path, f"{shown(path)}: cannot read: {error}")
 
 
 def failed(path: Path, message: str) -> dict:
@@ -64,8 +65,9 @@ def image_batches(paths: list[Path], preprocess, batch_size: int, workers: int):
                 done += len(batch)
                 yield batch
             return
-        except RuntimeError as error:
-            if "DataLoader worker" not in str(error):
+        except (RuntimeError, ConnectionError, EOFError) as error:
+            # how a dead worker shows: torch's RuntimeError, or the pipe to it breaking first
+            if isinstance(error, RuntimeError) and "DataLoader worker" not in str(error):
                 raise
         # A worker died with batches in flight; which one killed it is unknown, so each of
         # them is decoded in a process of its own.
@@ -110,5 +112,5 @@ def decode_isolated(path: Path, preprocess) -> dict:
         try:
             return pool.submit(decode_one, path, preprocess).result()
         except BrokenProcessPool:
-            return failed(path, f"{path}: its decoding process was killed (too large to decode in the "
+            return failed(path, f"{shown(path)}: its decoding process was killed (too large to decode in the "
                                 "memory available?)")

@@ -183,7 +183,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
             if width * height > ABSURD_PIXELS:
                 raise ImageError(f"{shown(path)} is too large to load ({width} x {height} pixels)")
             if max(width, height) > MAX_ASPECT * min(width, height):
-                raise ImageError(f"{path} is {width} x {height} pixels: an aspect ratio beyond "
+                raise ImageError(f"{shown(path)} is {width} x {height} pixels: an aspect ratio beyond "
                                  f"{MAX_ASPECT}:1, which no vision model reads; crop it first")
             if width * height > max_pixels:
                 scale = next((s for s in (1, 2, 4, 8)
@@ -226,7 +226,7 @@ def decode_bytes(mode: str, width: int, height: int) -> int:
 def check_budget(path: Path, mode: str, width: int, height: int) -> None:
     needed = decode_bytes(mode, width, height)
     if needed > MAX_DECODE_BYTES:
-        raise ImageError(f"{path} is too large to decode: {width} x {height} pixels ({mode}) need about "
+        raise ImageError(f"{shown(path)} is too large to decode: {width} x {height} pixels ({mode}) need about "
                          f"{needed / 2**30:.1f} GiB, over the {MAX_DECODE_BYTES / 2**30:.0f} GiB budget of an "
                          "image; make it smaller or save it as a JPEG (decoded reduced)")
 

@@ -18,6 +18,7 @@ import math
 import threading
 from pathlib import Path
 
+from .messages import shown
 from .outputs import OutputError, atomic_file
 
 JOURNAL = ".manifest.journal"
@@ -47,7 +48,7 @@ class Manifest:
         self.entries: dict[str, dict] = {}
         self._lock = threading.Lock()
         if self.path.is_dir() or self.journal_path.is_dir():
-            raise OutputError(f"{self.path} is a folder; vit-explain keeps its manifest there: move it away "
+            raise OutputError(f"{shown(self.path)} is a folder; vit-explain keeps its manifest there: move it away "
                               "or choose another --output-dir")
         self._read()
         self._journal = None

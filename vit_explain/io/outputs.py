@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from .messages import shown
+
 
 class OutputError(Exception):
     """The output folder cannot be used; one user-facing line."""
@@ -26,7 +28,7 @@ def check_output_dir(output_dir: Path, input_path: Path) -> None:
     input folder nor around the input (outputs would land among the inputs, or on one)."""
     output_dir, input_path = output_dir.resolve(), input_path.resolve()
     if input_path.is_dir() and _inside(output_dir, input_path):
-        raise OutputError(f"the output folder {output_dir} is inside the input folder {input_path}; "
+        raise OutputError(f"the output folder {shown(output_dir)} is inside the input folder {shown(input_path)}; "
                           "choose another --output-dir")
     check_inputs_outside(output_dir, [input_path])
     try:
@@ -34,7 +36,7 @@ def check_output_dir(output_dir: Path, input_path: Path) -> None:
         with tempfile.TemporaryFile(dir=output_dir):
             pass
     except OSError as error:
-        raise OutputError(f"cannot write to the output folder {output_dir}: {error.strerror or error}") from None
+        raise OutputError(f"cannot write to the output folder {shown(output_dir)}: {error.strerror or error}") from None
 
 
 def check_inputs_outside(output_dir: Path, inputs) -> None:
@@ -43,7 +45,7 @@ def check_inputs_outside(output_dir: Path, inputs) -> None:
     output_dir = output_dir.resolve()
     for item in inputs:
         if _inside(Path(item).resolve(), output_dir):
-            raise OutputError(f"the input {item} lies inside the output folder {output_dir}; "
+            raise OutputError(f"the input {shown(item)} lies inside the output folder {shown(output_dir)}; "
                               "choose another --output-dir")
 
 
@@ -55,11 +57,11 @@ def make_output_folder(output_dir: Path, folder: Path) -> None:
     for part in relative.parts:
         current = current / part
         if current.is_symlink():
-            raise OSError(f"{current} is a symbolic link; vit-explain does not write through links")
+            raise OSError(f"{shown(current)} is a symbolic link; vit-explain does not write through links")
         if not current.exists():
             current.mkdir(exist_ok=True)
         elif not current.is_dir():
-            raise OSError(f"{current} is in the way: it is a file where a folder of outputs goes")
+            raise OSError(f"{shown(current)} is in the way: it is a file where a folder of outputs goes")
 
 
 class OutputLock:
@@ -82,7 +84,7 @@ class OutputLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             os.close(fd)
-            raise OutputError(f"another vit-explain run is writing to {self.output_dir}; wait for it to "
+            raise OutputError(f"another vit-explain run is writing to {shown(self.output_dir)}; wait for it to "
                               "finish or choose another --output-dir") from None
         self._fd = fd
 

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
-from ..recording import DEFAULT_ATTENTION_LAYER, resolve_targets
+from ..recording import DEFAULT_ATTENTION_LAYER, LayerError, resolve_targets
 from .adapters import Adapter, TokenLayout, adapter_for
 
 COMPAT_MODES = (None, "vit-explain")
@@ -43,6 +43,9 @@ class Explainer:
     giving a float32 numpy mask, (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
+        if not isinstance(attention_layer_name, str) or not attention_layer_name:
+            raise LayerError(f"attention_layer_name must be a module name (a non-empty str); "
+                             f"got {attention_layer_name!r}")
         # picks the model family (adapters/); fails at construction, not at the first call
         self.adapter: Adapter = adapter_for(model, attention_layer_name)
         self.model = model
@@ -92,7 +95,7 @@ class AttentionExplainer(Explainer):
                  head_fusion: str = "mean", discard_ratio: float = 0.9, compat: str | None = None):
         check_head_fusion(head_fusion)
         check_discard_ratio(discard_ratio)
-        if compat not in COMPAT_MODES:
+        if not (compat is None or (isinstance(compat, str) and compat in COMPAT_MODES)):
             raise ValueError(f"compat must be None or 'vit-explain'; got {compat!r}")
         super().__init__(model, attention_layer_name)
         self.adapter.check_attention()
