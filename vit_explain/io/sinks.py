@@ -41,6 +41,12 @@ class ExplainedImage:
     entry: dict                      # what the manifest says of it: method, parameters, classes
     outputs: dict[str, str] = field(default_factory=dict)  # sink name -> file written
     output_bytes: dict[str, int] = field(default_factory=dict)  # sink name -> its size
+    # for the figure sinks (figure_sinks.py); None where a run does not ask for figures
+    seconds: float | None = None            # the method's time for this image (its batch's / batch size)
+    probability: float | None = None        # the explained class's probability (class-agnostic: the predicted's)
+    layer_masks: np.ndarray | None = None   # (L, gh, gw) this image's Explanation.layer_masks
+    layer_blocks: list[int] | None = None   # their block indices
+    layer_head_masks: np.ndarray | None = None  # (L, heads, gh, gw) this image's Explanation.layer_head_masks
 
 
 class FileSink:

@@ -13,3 +13,14 @@ def gradient_self_attention_map(attentions: Sequence[torch.Tensor], gradients: S
     """
     total = sum((a * g.clamp(min=0)).sum(dim=1) for a, g in zip(attentions, gradients, strict=True))
     return torch.bmm(readout.to(total.dtype), total)
+
+
+def gradient_self_attention_prefixes(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
+                                     readout: torch.Tensor) -> torch.Tensor:
+    """Grad-SAM of the blocks up to and including each block: (B, L, K, N); entry L-1 is
+    `gradient_self_attention_map` (the same sums, in the same order)."""
+    rows, total = [], 0
+    for a, g in zip(attentions, gradients, strict=True):
+        total = total + (a * g.clamp(min=0)).sum(dim=1)
+        rows.append(torch.bmm(readout.to(total.dtype), total))
+    return torch.stack(rows, dim=1)

@@ -47,19 +47,45 @@ def push_through_blocks(blocks: Sequence[torch.Tensor], readout: torch.Tensor,
     return rows
 
 
+def rollout_prefix_rows(blocks: Sequence[torch.Tensor], readout: torch.Tensor,
+                        column_sums: bool = False) -> torch.Tensor:
+    """The rollout of every prefix of the blocks: (B, L, K, N), entry l the readout (B, K, N)
+    pushed through blocks l, l-1, ..., 0 (the rollout up to and including block l). Entry L-1 is
+    `push_through_blocks(blocks, readout, column_sums)`.
+
+    Last block first, as push_through_blocks: at block j the readout of prefix j joins the rows
+    of the longer prefixes, and all of them go through block j's M in one push_rows; O(L N^2)
+    per prefix, no N x N products.
+    """
+    if not blocks:
+        raise ValueError("rollout needs at least one block")
+    readout = readout.to(blocks[0].dtype)
+    batch, k, n = readout.shape
+    rows = readout[:, :0]  # (B, 0, N): no prefix has reached block L yet
+    for fused in reversed(blocks):
+        rows = push_rows(torch.cat([readout, rows], dim=1), fused, column_sums)
+    return rows.reshape(batch, len(blocks), k, n)
+
+
 def attention_rollout(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
                       head_fusion: str = "mean", discard_ratio: float = 0.0) -> torch.Tensor:
     """Relevance of every input token for the readout rows: (B, K, N)."""
     return push_through_blocks([rollout_block(a, head_fusion, discard_ratio) for a in attentions], readout)
 
 
+def gradient_rollout_blocks(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
+                            head_fusion: str = "mean", discard_ratio: float = 0.0) -> list[torch.Tensor]:
+    """F' of every block for gradient rollout: A * dL/dA, heads fused, negatives clamped, the
+    weakest entries discarded; (B, N, N) each."""
+    return [discard_lowest(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
+            for a, g in zip(attentions, gradients, strict=True)]
+
+
 def gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
                      readout: torch.Tensor, head_fusion: str = "mean",
                      discard_ratio: float = 0.0) -> torch.Tensor:
     """Rollout of each block's attention weighted by its own dL/dA, negatives clamped after fusion."""
-    blocks = [discard_lowest(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
-              for a, g in zip(attentions, gradients, strict=True)]
-    return push_through_blocks(blocks, readout)
+    return push_through_blocks(gradient_rollout_blocks(attentions, gradients, head_fusion, discard_ratio), readout)
 
 
 def gradient_weighted_attention(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
@@ -102,9 +128,22 @@ def compat_gradient_rollout(attentions: Sequence[torch.Tensor], gradients: Seque
     weighted by block L-1-i's gradient (reverse_blocks); fusion was always the mean and nothing
     was protected from the discard. Switching the two flags off isolates those bugs.
     """
+    return compat_rollout_rows(compat_gradient_blocks(attentions, gradients, discard_ratio, reverse_blocks,
+                                                      scores_gradient))
+
+
+def compat_gradient_blocks(attentions: Sequence[torch.Tensor], gradients: Sequence[torch.Tensor],
+                           discard_ratio: float, reverse_blocks: bool = True,
+                           scores_gradient: bool = True) -> list[torch.Tensor]:
+    """The per-block maps compat_gradient_rollout multiplies, (B, N, N) each."""
     weights = [presoftmax_gradient(a, g) if scores_gradient else g
                for a, g in zip(attentions, gradients, strict=True)]
     if reverse_blocks:
         weights = weights[::-1]
-    return compat_rollout_rows([compat_discard((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
-                                for a, w in zip(attentions, weights)])
+    return [compat_discard((a * w).mean(dim=1).clamp(min=0), discard_ratio, protect_first=False)
+            for a, w in zip(attentions, weights)]
+
+
+def class_row(attention: torch.Tensor) -> torch.Tensor:
+    """(B, 1, N) the class token's row: the readout the original vit-explain used."""
+    return _class_row(attention)

@@ -60,6 +60,15 @@ class VITRawAttention(AttentionExplainer):
         attention = attentions[self.layer]
         return raw_attention(attention, readout_for([attention], layout))
 
+    def layer_relevance(self, attentions, gradients, layout) -> torch.Tensor:
+        """Every block's map (the mean over its heads), whatever `layer` says: (B, L, N)."""
+        return self.layer_head_relevance(attentions, layout).mean(dim=2)
+
+    def layer_head_relevance(self, attentions, layout) -> torch.Tensor:
+        """Every block's per-head maps: (B, L, H, N). CaiT's self-attention blocks, where the
+        class token takes no part, give zero maps."""
+        return torch.stack([raw_attention(a, readout_for([a], layout)) for a in attentions], dim=1)
+
     def explain_heads(self, input_tensor) -> Explanation:
         """The per-head maps as `masks` (B, heads, gh, gw): the 0.1 interface, kept for scripts
         written against it. `explain(x).head_masks` holds the same maps beside the mean map."""

@@ -31,16 +31,82 @@ class Explanation:
                 class-agnostic methods report the predicted class)
     head_masks: (B, heads, gh, gw) float32, one map per attention head, each scaled to its own
                 maximum, for methods that show heads (raw attention); None otherwise
+
+    Filled only by `explain(x, per_layer=True)`, for methods with per-block maps (None otherwise):
+    layer_masks:      (B, L, gh, gw) float32, one map per block, scaled like `masks`: rollout and
+                      gradient rollout up to and including each block (the last equals `masks` to
+                      float rounding), Grad-SAM summed up to each block, LeGrad's and raw
+                      attention's own map of each block
+    layer_blocks:     the block index of each of those L maps (forward order)
+    layer_head_masks: (B, L, heads, gh, gw) float32, per block and head, each scaled to its own
+                      maximum (raw attention: the DINO view of every block)
+
+    In a notebook, `overlays(images)`, `figure(images)` and `show(images)` draw the masks over
+    the images; the explanation itself displays as its masks (`_repr_png_`).
     """
     masks: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
     head_masks: torch.Tensor | None = None
+    layer_masks: torch.Tensor | None = None
+    layer_blocks: list[int] | None = None
+    layer_head_masks: torch.Tensor | None = None
+
+    def overlays(self, images, boxes=None, colormap: str = "jet", alpha: float = 0.5) -> list[np.ndarray]:
+        """Each mask over its image at the image's own resolution: a list of B RGB uint8 arrays.
+
+        images: one per mask (a single image for a batch of one): PIL images, (H, W, 3) or (H, W)
+        arrays (uint8, or floats in [0, 1]), file paths, or the model's input tensor (B, 3, H, W)
+        (each image's values stretched to [0, 255] for display). boxes: per image the part of it
+        the model saw, (x0, y0, x1, y1) in its pixels; None: all of it (pass
+        `vit_explain.io.preprocess.Preprocessor(model).visible_box(w, h)` for a model whose
+        preprocessing crops). Signed maps (negative values) get a diverging colormap with a
+        symmetric scale, whatever `colormap` says.
+        """
+        from ..io.figures import as_images, show_mask_on_image  # drawing is I/O's (numpy, OpenCV, PIL)
+        pictures = as_images(images, len(self.masks))
+        boxes = [None] * len(pictures) if boxes is None else list(boxes)
+        return [show_mask_on_image(picture, mask, box, colormap, alpha)
+                for picture, mask, box in zip(pictures, self._numpy("masks"), boxes, strict=True)]
+
+    def figure(self, images=None, boxes=None, labels=None, title: str | None = None, colormap: str = "jet",
+               alpha: float = 0.5, limit: int | None = None) -> np.ndarray:
+        """One labelled RGB picture: per image its overlay (or, without images, the mask alone) headed
+        by the explained class and its probability, with a colour bar. labels: class names (a list,
+        or a dict from index), else "class N". limit: draw only the first images of the batch."""
+        from ..io.figures import as_images, class_caption, explanation_figure
+        pictures = None if images is None else as_images(images, len(self.masks))
+        count = len(self.masks) if limit is None else max(1, min(int(limit), len(self.masks)))
+        probabilities = self.logits.detach().float().softmax(-1).cpu()
+        targets = self.targets.tolist()[:count]
+        captions = [class_caption(target, float(probabilities[i, target]), labels)
+                    for i, target in enumerate(targets)]
+        if title is None and count < len(self.masks):
+            title = f"explanation: the first {count} of {len(self.masks)} images"
+        return explanation_figure(self._numpy("masks")[:count], captions, None if pictures is None else pictures[:count],
+                                  None if boxes is None else list(boxes)[:count], title=title, colormap=colormap,
+                                  alpha=alpha)
+
+    def show(self, images=None, **options):
+        """`figure(images, **options)` as a PIL image, which a notebook displays."""
+        from PIL import Image
+        return Image.fromarray(self.figure(images, **options))
+
+    def _repr_png_(self) -> bytes:
+        """Jupyter shows an explanation as its masks, labelled (the first 12 of a larger batch)."""
+        from ..io.figures import png_bytes
+        return png_bytes(self.figure(limit=12))
+
+    def _numpy(self, name: str) -> np.ndarray:
+        return getattr(self, name).detach().float().cpu().numpy()
 
 
 class Explainer:
     """Base of every explainer: `explain(x, category_index) -> Explanation`, and `__call__`
     giving a float32 numpy mask, (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
+
+    has_layer_maps = False       # explain(x, per_layer=True) fills Explanation.layer_masks
+    has_layer_head_maps = False  # ... and Explanation.layer_head_masks
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
         if not isinstance(attention_layer_name, str) or not attention_layer_name:
@@ -50,7 +116,8 @@ class Explainer:
         self.adapter: Adapter = adapter_for(model, attention_layer_name)
         self.model = model
 
-    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+    def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
+        """per_layer: also fill `layer_masks` (and `layer_head_masks`) where the method has per-block maps."""
         raise NotImplementedError
 
     def model_input(self, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -112,6 +179,23 @@ class AttentionExplainer(Explainer):
         """(B, H, N) relevance per attention head, for methods that show heads; None otherwise."""
         return None
 
+    @property
+    def has_layer_maps(self) -> bool:
+        return type(self).layer_relevance is not AttentionExplainer.layer_relevance
+
+    @property
+    def has_layer_head_maps(self) -> bool:
+        return type(self).layer_head_relevance is not AttentionExplainer.layer_head_relevance
+
+    def layer_relevance(self, attentions, gradients, layout: TokenLayout) -> torch.Tensor | None:
+        """(B, L, N) relevance per block (`Explanation.layer_masks`), for methods with per-block
+        maps; None otherwise. Called only when `explain(x, per_layer=True)` asks."""
+        return None
+
+    def layer_head_relevance(self, attentions, layout: TokenLayout) -> torch.Tensor | None:
+        """(B, L, H, N) relevance per block and head, for methods that show heads; None otherwise."""
+        return None
+
     def block_reduction(self):
         """None, or a function applied to each block's (B, H, N, N) attention as it is recorded
         (methods without gradients only), when `relevance` needs less than every head."""
@@ -134,7 +218,7 @@ class AttentionExplainer(Explainer):
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
         return Recording(attentions, gradients, logits.detach(), targets, layout)
 
-    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+    def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
         rec = self.record(input_tensor, category_index, reduce=self.block_reduction())
         layout = rec.layout
         # Under a caller's autocast only the model runs in low precision; the relevance math
@@ -145,7 +229,18 @@ class AttentionExplainer(Explainer):
             heads = self.head_relevance(rec.attentions, layout)
             if heads is not None:
                 heads = scale_to_max(tokens_to_grid(heads, layout.num_prefix, layout.grid).float())
-        return Explanation(masks, rec.logits, rec.targets, heads)
+            layers = self.layer_maps_of(rec.attentions, rec.gradients, layout) if per_layer else (None, None, None)
+        return Explanation(masks, rec.logits, rec.targets, heads, *layers)
+
+    def layer_maps_of(self, attentions, gradients, layout: TokenLayout) -> tuple:
+        """(layer_masks, layer_blocks, layer_head_masks) for `Explanation`, scaled like masks."""
+        layers, heads = self.layer_relevance(attentions, gradients, layout), self.layer_head_relevance(attentions, layout)
+        if layers is not None:
+            layers = scale_to_max(tokens_to_grid(layers, layout.num_prefix, layout.grid).float())
+        if heads is not None:
+            heads = scale_to_max(tokens_to_grid(heads, layout.num_prefix, layout.grid).float())
+        count = next((t.shape[1] for t in (layers, heads) if t is not None), None)
+        return layers, None if count is None else list(range(count)), heads
 
     def attention_block_count(self) -> int:
         return self.adapter.block_count()

@@ -58,7 +58,8 @@ class VITGradCAM(Explainer):
         self.module = find_module(model, name)  # fail at construction, not at the first call
         self.target_layer = name
 
-    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+    def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
+        """per_layer is accepted for every method; Grad-CAM reads one layer and has no per-block maps."""
         x = self.model_input(input_tensor)
         with self.adapter.activation_recorder(self.target_layer) as rec:
             logits = rec.forward(x)

@@ -1,7 +1,7 @@
 """Grad-SAM: gradient self-attention maps (Barkan et al., CIKM 2021)."""
 from __future__ import annotations
 
-from ..math.gradsam import gradient_self_attention_map
+from ..math.gradsam import gradient_self_attention_map, gradient_self_attention_prefixes
 from ..recording import DEFAULT_ATTENTION_LAYER
 from .base import AttentionExplainer, readout_for
 
@@ -19,3 +19,7 @@ class VITGradSAM(AttentionExplainer):
 
     def relevance(self, attentions, gradients, layout):
         return gradient_self_attention_map(attentions, gradients, readout_for(attentions, layout))[:, 0]
+
+    def layer_relevance(self, attentions, gradients, layout):
+        """Grad-SAM summed over the blocks up to and including each block: (B, L, N)."""
+        return gradient_self_attention_prefixes(attentions, gradients, readout_for(attentions, layout))[:, :, 0]

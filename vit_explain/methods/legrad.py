@@ -52,6 +52,8 @@ class VITLeGrad(Explainer):
     torchvision ViTs; CaiT and Swin are refused with a ValueError at construction.
     """
 
+    has_layer_maps = True  # explain(x, per_layer=True): each chosen block's map
+
     def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, layers=None, pooling="mean"):
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {', '.join(POOLINGS)}; got {pooling!r}")
@@ -79,6 +81,11 @@ class VITLeGrad(Explainer):
             maps = tokens_to_grid(legrad_block_maps(gradients, layout.num_prefix), 0, layout.grid).float()
         return LayerMaps(maps, logits.detach(), targets)
 
-    def explain(self, input_tensor: torch.Tensor, category_index=None) -> Explanation:
+    def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
+        """per_layer: `layer_masks` holds each chosen block's map, min-max scaled like the mask,
+        and `layer_blocks` their indices."""
         maps, logits, targets = self.layer_maps(input_tensor, category_index)
-        return Explanation(min_max_scale(maps.mean(dim=1)), logits, targets)
+        if not per_layer:
+            return Explanation(min_max_scale(maps.mean(dim=1)), logits, targets)
+        return Explanation(min_max_scale(maps.mean(dim=1)), logits, targets,
+                           layer_masks=min_max_scale(maps), layer_blocks=list(self.layers))

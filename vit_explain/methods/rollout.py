@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from ..math import (compat_gradient_rollout, compat_rollout_rows, gradient_rollout, push_through_blocks,
-                    rollout_block)
+from ..math import (class_row, compat_gradient_blocks, compat_gradient_rollout, compat_rollout_rows,
+                    gradient_rollout, gradient_rollout_blocks, push_through_blocks, rollout_block,
+                    rollout_prefix_rows)
 from ..recording import DEFAULT_ATTENTION_LAYER
 from .base import AttentionExplainer, readout_for
 
@@ -29,6 +30,10 @@ class VITAttentionRollout(AttentionExplainer):
             return compat_rollout_rows(blocks)
         return push_through_blocks(blocks, readout_for(blocks, layout))[:, 0]
 
+    def layer_relevance(self, attentions, gradients, layout):
+        """The rollout up to and including each block: (B, L, N)."""
+        return prefix_relevance(attentions, layout, bool(self.compat))
+
 
 class VITAttentionGradRollout(AttentionExplainer):
     """Gradient attention rollout: each block's attention weighted by dL/dA of the chosen class's logit.
@@ -50,3 +55,17 @@ class VITAttentionGradRollout(AttentionExplainer):
         rows = gradient_rollout(attentions, gradients, readout_for(attentions, layout),
                                 self.head_fusion, self.discard_ratio)
         return rows[:, 0]
+
+    def layer_relevance(self, attentions, gradients, layout):
+        """The gradient rollout up to and including each block: (B, L, N)."""
+        if self.compat:
+            blocks = compat_gradient_blocks(attentions, gradients, self.discard_ratio)
+        else:
+            blocks = gradient_rollout_blocks(attentions, gradients, self.head_fusion, self.discard_ratio)
+        return prefix_relevance(blocks, layout, bool(self.compat))
+
+
+def prefix_relevance(blocks, layout, compat: bool):
+    """(B, L, N): the read-out row through blocks 0..l for every l; compat as compat_rollout_rows."""
+    readout = class_row(blocks[0]) if compat else readout_for(blocks, layout)
+    return rollout_prefix_rows(blocks, readout, column_sums=compat)[:, :, 0]
