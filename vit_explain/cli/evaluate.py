@@ -24,6 +24,8 @@ from .options import DEFAULTS, Options, method_options, model_options, run_optio
 
 BASELINE_MAPS = ("random", "uniform")
 RESULT_FILES = ("evaluation.json", "evaluation.csv")
+# the mean deletion / insertion curve of every method: the numbers and their plot
+CURVE_FILES = ("evaluation_curves.json", "evaluation_curves.png")
 # Every step puts two perturbed copies of each image through the model, and the copies of one
 # image are made at once: 1000 steps of a 224 x 224 input take 1.2 GB. Steps beyond the number
 # of patches only repeat points of the curves.
@@ -77,7 +79,7 @@ class Evaluation:
         if options.masks_dir is not None and not options.masks_dir.is_dir():
             raise CommandError(f"--masks {shown(options.masks_dir)} is not a folder", EXIT_INPUT)
         self.images, self.misnamed, self.model = open_inputs_and_model(options)
-        for name in RESULT_FILES:  # found now, not after the whole evaluation has run
+        for name in RESULT_FILES + CURVE_FILES:  # found now, not after the whole evaluation has run
             if (options.output_dir / name).is_dir():
                 raise CommandError(f"{shown(options.output_dir / name)} is a folder, where the evaluation writes "
                                    "its results: move it away or choose another --output-dir", EXIT_OUTPUT)
@@ -86,6 +88,7 @@ class Evaluation:
         self.preprocess = Preprocessor(self.model)
         self.generator = torch.Generator().manual_seed(options.seed)
         self.rows: list[dict] = []
+        self.curves: dict[str, dict[str, list]] = {}  # method -> deletion / insertion -> per-image curves
         self.failed = 0
 
     def object_mask(self, path: Path, size: tuple[int, int]) -> torch.Tensor | None:
@@ -153,12 +156,14 @@ class Evaluation:
         from ..methods.evaluation import deletion_insertion
         o = self.options
         x = torch.stack([item["tensor"] for item in items]).to(next(self.model.parameters()).device)
-        rows = []
+        rows, curves = [], []
         try:
             for name, maps, targets in self.maps(x):
                 scores = deletion_insertion(self.model, x, maps, targets, o.steps, o.baseline)
                 rows.append([self.row(item, name, maps[i:i + 1], int(targets[i]), scores, i)
                              for i, item in enumerate(items)])
+                curves.append((name, scores["deletion_curve"].float().cpu().numpy(),
+                               scores["insertion_curve"].float().cpu().numpy()))
         except (ValueError, RuntimeError) as error:  # RuntimeError: out of memory on a device, too
             reason = (str(error).strip().splitlines() or [type(error).__name__])[0]
             for item in items:
@@ -170,6 +175,10 @@ class Evaluation:
                 self.fail(f"{shown(item['path'])}: cannot evaluate: the model's scores are not finite "
                           "(NaN or inf); check its weights")
         self.rows.extend(row for method_rows in rows for i, row in enumerate(method_rows) if finite[i])
+        for name, deletion, insertion in curves:
+            kept = self.curves.setdefault(name, {"deletion": [], "insertion": []})
+            kept["deletion"].extend(deletion[i] for i in range(len(items)) if finite[i])
+            kept["insertion"].extend(insertion[i] for i in range(len(items)) if finite[i])
 
     @staticmethod
     def row(item: dict, name: str, one_map: torch.Tensor, target: int, scores: dict, i: int) -> dict:
@@ -241,6 +250,45 @@ class Evaluation:
             except OSError as error:  # a full disk, say: the output folder's problem
                 raise CommandError(f"cannot write {shown(o.output_dir / name)}: {error.strerror or error}",
                                    EXIT_OUTPUT) from None
+        self.write_curves(table)
         scored = len({row["image"] for row in self.rows})
         print(f"{scored} images scored, {self.failed} failed; "
               f"details in {shown(o.output_dir / 'evaluation.csv')}", file=sys.stderr)
+
+    def mean_curves(self, table: list[dict]) -> dict:
+        """method -> its mean deletion and insertion curves over the scored images, and its AUCs."""
+        curves = {}
+        for entry in table:
+            kept = self.curves.get(entry["method"])
+            if not kept or not kept["deletion"]:
+                continue
+            curves[entry["method"]] = {
+                "images": len(kept["deletion"]),
+                "deletion": [round(float(v), 6) for v in np.mean(kept["deletion"], axis=0)],
+                "insertion": [round(float(v), 6) for v in np.mean(kept["insertion"], axis=0)],
+                "deletion_auc": entry["deletion_auc"], "insertion_auc": entry["insertion_auc"]}
+        return curves
+
+    def write_curves(self, table: list[dict]) -> None:
+        """evaluation_curves.json (the mean curves, x = fraction of patches from 0 to 1 in --steps
+        steps) and evaluation_curves.png (their plot), beside evaluation.csv and .json."""
+        from ..io.figures import curves_figure, png_bytes
+        from ..io.outputs import atomic_write
+        curves = self.mean_curves(table)
+        if not curves:
+            return
+        o = self.options
+        document = {"vit_explain": __version__, "model": o.model, "steps": o.steps, "baseline": o.baseline,
+                    "x": [round(k / o.steps, 6) for k in range(o.steps + 1)],
+                    "probability_of": "the explained class", "methods": curves}
+        images = max(c["images"] for c in curves.values())
+        note = (f"{images} images, {o.steps} steps, removed patches: {o.baseline}; "
+                "mean over images of the explained class's probability; AUC by the trapezoid rule on [0, 1]")
+        plot = curves_figure(curves, f"deletion and insertion | model {o.model}", note)
+        for name, data in zip(CURVE_FILES, (json.dumps(document, indent=2, allow_nan=False).encode() + b"\n",
+                                             png_bytes(plot))):
+            try:
+                atomic_write(o.output_dir / name, data)
+            except OSError as error:
+                raise CommandError(f"cannot write {shown(o.output_dir / name)}: {error.strerror or error}",
+                                   EXIT_OUTPUT) from None
