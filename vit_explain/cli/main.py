@@ -159,6 +159,9 @@ def main(argv: list[str] | None = None) -> None:
     if argv[:1] == ["evaluate"]:
         from .evaluate import evaluate
         command, name, argv = evaluate, "vit-explain evaluate", argv[1:]
+    elif argv[:1] == ["report"]:
+        from .report import report
+        command, name, argv = report, "vit-explain report", argv[1:]
     try:
         code = command.main(args=argv, prog_name=name, standalone_mode=False)
     except click.exceptions.UsageError as error:
