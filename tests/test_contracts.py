@@ -233,6 +233,9 @@ def test_every_sink_writes_a_file_that_decodes_and_a_rerun_skips_it(name, tiny_m
             "--category_index", 1, *tiny(tiny_model_dir)]
     code, _, err = run(capsys, *args)
     assert code == 0, err
+    if getattr(SINKS[name], "table", False):  # a table's rows are the images' record, not manifest entries
+        assert_one_row_and_a_rerun_skips_it(out, args, capsys)
+        return
     (entry,) = json.loads((out / "manifest.json").read_text())["images"]
     (written,) = entry["outputs"].values()
     assert list(entry["outputs"]) == [name] and written.endswith(SINKS[name].ending)
@@ -241,3 +244,14 @@ def test_every_sink_writes_a_file_that_decodes_and_a_rerun_skips_it(name, tiny_m
     assert sorted(p.name for p in out.iterdir()) == sorted([Path(written).name, "manifest.json"])
     code, _, err = run(capsys, *args)
     assert code == 0 and "0 explained, 0 failed (1 skipped" in err
+
+
+def assert_one_row_and_a_rerun_skips_it(out, args, capsys):
+    import pyarrow.parquet as pq
+    from vit_explain.io.table import DATASET
+    (row,) = pq.read_table(out / DATASET).to_pylist()
+    assert row["error"] is None and len(row["mask"]) == row["grid_h"] * row["grid_w"] == 16
+    assert sorted(p.name for p in out.iterdir()) == sorted([DATASET, "manifest.json"])
+    code, _, err = run(capsys, *args)
+    assert code == 0 and "0 explained, 0 failed (1 skipped" in err
+    assert len(pq.read_table(out / DATASET)) == 1

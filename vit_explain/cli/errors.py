@@ -9,6 +9,7 @@ EXIT_USAGE = 2         # bad command line: unknown flag, value out of range, cla
 EXIT_MODEL = 3         # the model could not be loaded or has no attention to explain
 EXIT_INPUT = 4         # no usable input: missing path, empty folder, no images
 EXIT_OUTPUT = 5        # the output folder cannot be written
+EXIT_ENGINE = 6        # the distributed engine failed (Ray unreachable, a Ray job error); rows written are kept
 EXIT_INTERNAL = 70     # a bug: rerun with --debug and report it
 
 # OS errors that only a write gives, and that no retry of the next image can cure: the run's

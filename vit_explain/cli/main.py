@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import sys
 import traceback
@@ -14,13 +15,16 @@ from ..io.messages import one_line, shown
 from ..io.overlay import COLORMAPS
 from ..io.sinks import DEFAULT_SINKS, SINKS
 from ..methods.table import DEFAULT_CLASS_SPECIFIC_METHOD, DEFAULT_METHOD, METHODS
+from .engines import ENGINES
 from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, CommandError,
                      cannot_write)
 from .options import DEFAULTS, Options, method_options, model_options, run_options
 
 EXIT_CODES_HELP = ("Scoring methods: vit-explain evaluate --help. Exit codes: 0 all explained; 1 some "
-                   "images failed (the rest were written); 2 bad command line; 3 model not loadable; 4 no usable input; 5 output folder "
-                   "not writable; 70 internal error.")
+                   "images failed (the rest were written); 2 bad command line (or the engine's package missing); "
+                   "3 model not loadable; 4 no usable input; 5 output folder not writable; 6 the Ray engine failed; "
+                   "70 internal error.")
+RAY_OPTIONS = ("ray_address", "actors", "cpus_per_actor", "gpus_per_actor")
 
 
 class NonEmptyPath(click.Path):
@@ -67,6 +71,31 @@ def harden(command: click.Command) -> click.Command:
     return command
 
 
+def check_engine(kwargs: dict) -> None:
+    """The engine's outputs (the Parquet table for ray and torchrun), its own options, and the
+    optional packages the run needs (a missing one is exit 2 naming the pip extra)."""
+    engine, ctx = ENGINES[kwargs["engine"]], click.get_current_context()
+    given = {name for name in RAY_OPTIONS + ("rows_per_file",)
+             if ctx.get_parameter_source(name) not in (None, click.core.ParameterSource.DEFAULT)}
+    if engine.table_only:
+        if kwargs["outputs"] is None:
+            kwargs["outputs"] = ("parquet",)
+        elif "parquet" not in kwargs["outputs"]:
+            raise click.BadParameter(f"--engine {engine.name} writes the Parquet table: add parquet",
+                                     param_hint="--outputs")
+    for name in sorted(given & set(RAY_OPTIONS)):
+        if engine.name != "ray":
+            raise click.BadParameter("applies to --engine ray only", param_hint="--" + name.replace("_", "-"))
+    table = "parquet" in (kwargs["outputs"] or ())
+    if "rows_per_file" in given and not table:
+        raise click.BadParameter("applies to --outputs parquet only", param_hint="--rows-per-file")
+    for module in engine.needs + (("pyarrow",) if table else ()):
+        if importlib.util.find_spec(module) is None:
+            what = f"--engine {engine.name}" if module in engine.needs else "--outputs parquet"
+            extra = engine.extra if module in engine.needs else "parquet"
+            raise CommandError(f"{what} needs the {module} package: pip install 'vit-explain[{extra}]'", EXIT_USAGE)
+
+
 def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
     """--outputs overlay,mask -> ("overlay", "mask"); None keeps the default set."""
     if text is None:
@@ -86,7 +115,9 @@ def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
                epilog=EXIT_CODES_HELP)
 @click.option("--image_path", "--image-path", "image_path", required=True,
-              type=click.Path(path_type=Path), help="An image file, or a folder searched recursively.")
+              type=click.Path(path_type=Path),
+              help="An image file, a folder searched recursively, a quoted glob ('photos/**/*.jpg'), or a list "
+                   "file (.txt/.lst/.list) with one path or URI a line.")
 @click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULTS.method,
               help=f"Explanation method. Default: {DEFAULT_METHOD}, or {DEFAULT_CLASS_SPECIFIC_METHOD} "
                    "when --category_index is given.")
@@ -108,10 +139,24 @@ def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
 @click.option("--colormap", default=DEFAULTS.colormap, help="OpenCV colormap name.")
 @click.option("--alpha", type=click.FloatRange(0, 1), default=DEFAULTS.alpha, help="Heat-map opacity in the overlay.")
 @click.option("--overwrite", is_flag=True, help="Redo images whose outputs exist.")
+@click.option("--engine", type=click.Choice(list(ENGINES)), default=DEFAULTS.engine,
+              help="Where the images are explained: this process (local), Ray Data (ray, the ray extra), or every "
+                   "process of torchrun --nproc-per-node N -m vit_explain (torchrun). ray and torchrun write the "
+                   "Parquet table (--outputs parquet).")
+@click.option("--rows-per-file", "rows_per_file", type=click.IntRange(min=1), default=DEFAULTS.rows_per_file,
+              help="Rows per Parquet part file. Default: 10000; with --engine ray one file per batch.")
+@click.option("--ray-address", "ray_address", default=DEFAULTS.ray_address, metavar="ADDRESS",
+              help="Join this Ray cluster (auto, ray://HOST:10001, HOST:6379). Default: start a local Ray instance.")
+@click.option("--actors", type=click.IntRange(min=1), default=DEFAULTS.actors,
+              help="Ray actors, each holding the model. Default: as many as the cluster's GPUs (or CPUs, one left "
+                   "for reading) hold.")
+@click.option("--cpus-per-actor", "cpus_per_actor", type=click.FloatRange(min=0, min_open=True),
+              default=DEFAULTS.cpus_per_actor, help="CPUs each Ray actor reserves (fractions allowed).")
+@click.option("--gpus-per-actor", "gpus_per_actor", type=click.FloatRange(min=0),
+              default=DEFAULTS.gpus_per_actor, help="GPUs each Ray actor reserves (fractions share a GPU).")
 @click.version_option(__version__, prog_name="vit-explain")
 def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
     """Show where a Vision Transformer looked: heat-map overlays and masks for images."""
-    from .runner import Run  # heavy imports only once the command line is valid
     if kwargs["colormap"].lower() not in COLORMAPS:
         raise click.BadParameter(f"unknown colormap {kwargs['colormap']!r}; choose one of "
                                  f"{', '.join(sorted(COLORMAPS))}", param_hint="--colormap")
@@ -124,7 +169,9 @@ def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
         compatible = ", ".join(name for name, other in METHODS.items() if other.compat)
         raise click.BadParameter(f"applies to {compatible} only, not {spec.name}", param_hint="--compat")
     kwargs["outputs"] = parse_outputs(spec, kwargs["outputs"])
-    return Run(Options(**kwargs)).execute()
+    check_engine(kwargs)
+    kwargs["command_line"] = tuple((click.get_current_context().obj or {}).get("argv", ()))
+    return ENGINES[kwargs["engine"]].load()(Options(**kwargs))
 
 
 harden(explain)
@@ -163,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
         from .report import report
         command, name, argv = report, "vit-explain report", argv[1:]
     try:
-        code = command.main(args=argv, prog_name=name, standalone_mode=False)
+        code = command.main(args=argv, prog_name=name, standalone_mode=False, obj={"argv": ["vit-explain", *argv]})
     except click.exceptions.UsageError as error:
         hint = f" (see {name} --help)"
         print(f"vit-explain: {one_line(error.format_message())}{hint}", file=sys.stderr)

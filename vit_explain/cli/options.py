@@ -42,6 +42,17 @@ class Options:
     alpha: float = 0.5
     overwrite: bool = False
     quiet: bool = False
+    # engines (vit_explain/cli/engines/): where the images are explained
+    engine: str = "local"                  # local, ray or torchrun
+    rows_per_file: int | None = None      # Parquet rows per part file; None: 10000 (Ray: one file per batch)
+    ray_address: str | None = None         # an existing Ray cluster; None: start a local instance
+    actors: int | None = None              # Ray actors, each holding the model; None: as many as fit
+    cpus_per_actor: float = 1.0
+    gpus_per_actor: float = 0.0
+    # set by the run, not the command line
+    command_line: tuple[str, ...] = ()
+    run_id: str = ""
+    rank: int = 0
     # vit-explain evaluate
     methods: tuple[str, ...] = field(default_factory=lambda: tuple(METHODS))
     masks_dir: Path | None = None

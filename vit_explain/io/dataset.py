@@ -30,14 +30,19 @@ class ImageFiles(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> dict:
-        path = self.paths[index]
-        try:
-            image = load_image(path)
-            return {"path": path, "tensor": self.preprocess(image), "image": np.asarray(image), "error": None}
-        except ImageError as error:
-            return failed(path, str(error))
-        except Exception as error:  # a decoder bug must not stop the folder
-            return failed(path, f"{shown(path)}: cannot read: {error}")
+        return decode_item(self.paths[index], self.preprocess)
+
+
+def decode_item(path, preprocess, data: bytes | None = None) -> dict:
+    """One image decoded and preprocessed: {"path", "tensor", "image", "error"}. Every engine
+    decodes through here (`data`: the file's bytes, read by a distributed engine)."""
+    try:
+        image = load_image(path, data=data)
+        return {"path": path, "tensor": preprocess(image), "image": np.asarray(image), "error": None}
+    except ImageError as error:
+        return failed(path, str(error))
+    except Exception as error:  # a decoder bug must not stop the folder
+        return failed(path, f"{shown(path)}: cannot read: {error}")
 
 
 def failed(path: Path, message: str) -> dict:

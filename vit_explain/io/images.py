@@ -6,6 +6,7 @@ message is one line that names the file, so a batch run can report it per file a
 from __future__ import annotations
 
 import contextlib
+import io
 import math
 import os
 import threading
@@ -166,19 +167,24 @@ def image_size(path: str | os.PathLike) -> tuple[int, int]:
     return (height, width) if orientation in _SWAPS_AXES else (width, height)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS, data: bytes | None = None) -> Image.Image:
     """Decode an image fully into 8-bit RGB, EXIF orientation applied, at most `max_pixels` pixels.
 
     Larger images are reduced (aspect kept); JPEGs are decoded at 1/2, 1/4 or 1/8 scale directly
     by the decoder, so memory stays bounded by the result rather than by the file. Transparency is
     composited onto white. Raises ImageError (never a PIL exception) naming the file and the reason.
+    With `data`, the file's bytes as someone else read them (a distributed engine), `path` only
+    names the image in messages: the same decoding, the same result.
     """
     if max_pixels < 1:
         raise ValueError(f"max_pixels must be at least 1, got {max_pixels}")
-    path = Path(path)
-    _check_file(path)
+    if data is None:
+        path = Path(path)
+        _check_file(path)
+    elif not data:
+        raise ImageError(f"{shown(path)} is empty (0 bytes)")
     try:
-        with _no_bomb_check(), Image.open(path) as im:
+        with _no_bomb_check(), Image.open(path if data is None else io.BytesIO(data)) as im:
             width, height = im.size
             if width * height > ABSURD_PIXELS:
                 raise ImageError(f"{shown(path)} is too large to load ({width} x {height} pixels)")

@@ -11,6 +11,10 @@ hands each explained image to every sink, and closes them all at the end:
   reports that image as failed and goes on;
 * `close()`: finish; outputs that cover the whole run are written here.
 
+A table sink (`table = True`: the Parquet table, table.py) is the per-image record of its run
+instead of the manifest: the run asks it whether a request is done (`done(None, request)`),
+hands it failures too (`fail(entry, message)`), and lists no image in manifest.json.
+
 A sink is built from the run's options (an object with attributes such as `colormap`, `alpha`,
 `compat`, `output_dir`). `--outputs` selects sinks by their SINKS name; the manifest
 (`manifest.Manifest`) is always written, after the others. File sinks never write outside the
@@ -27,6 +31,7 @@ import numpy as np
 
 from .outputs import make_output_folder, write_image, write_npy, write_png
 from .overlay import compat_overlay, head_grid, overlay
+from .table import ParquetSink
 
 
 @dataclass
@@ -125,6 +130,7 @@ SINKS: dict[str, type[FileSink]] = {sink.name: sink for sink in (
     MaskSink,
     HeadGridSink,
     JpegOverlaySink,
+    ParquetSink,
 )}
 DEFAULT_SINKS = ("overlay", "mask")  # and each method's extra outputs (its method-table line)
 
