@@ -25,7 +25,7 @@ X = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
 CATEGORIES = [0, 3, 1]
 
 # A value each method keyword refuses; a keyword without one here fails test_every_option_has_a_bad_value.
-BAD_VALUES = {"head_fusion": "median", "discard_ratio": 1.0, "compat": "v2", "layer": 99,
+BAD_VALUES = {"head_fusion": "median", "discard_ratio": 1.0, "compat": "v2", "layer": 99, "start_layer": 99,
               "target_layer": "no.such.module"}
 
 

@@ -60,7 +60,7 @@ def test_the_timm_twin_computes_the_same_function(tv):
 def test_every_method_gives_the_timm_twins_maps(tv, name):
     spec, twin = METHODS[name], timm_twin(tv)
     options = type("O", (), {"head_fusion": "max", "discard_ratio": 0.5, "compat": None, "layer": -1,
-                             "target_layer": None})()
+                             "target_layer": None, "start_layer": 0})()
     ours, theirs = spec.build(tv, options), spec.build(twin, options)  # grad-cam: each family's last ln_1/norm1
     category = [1, 3] if spec.class_specific else None
     torch.testing.assert_close(ours.explain(X, category).masks, theirs.explain(X, category).masks,

@@ -32,6 +32,7 @@ class Options:
     compat: str | None = None
     layer: int = -1
     target_layer: str | None = None
+    start_layer: int = 0
     # batches and outputs
     batch_size: int = 8
     workers: int | None = None
@@ -87,7 +88,7 @@ def model_options(command):
 
 
 def method_options(command):
-    """The methods' keywords: --head_fusion, --discard_ratio, --layer, --target-layer."""
+    """The methods' keywords: --head_fusion, --discard_ratio, --layer, --target-layer, --start-layer."""
     return _apply(command, [
         click.option("--head_fusion", "--head-fusion", "head_fusion", type=click.Choice(["mean", "max", "min"]),
                      default=DEFAULTS.head_fusion, help="How the attention heads are fused (rollout, grad-rollout)."),
@@ -99,6 +100,9 @@ def method_options(command):
         click.option("--target-layer", "--target_layer", "target_layer", default=DEFAULTS.target_layer,
                      metavar="MODULE",
                      help="Module whose activations grad-cam uses (dotted name). Default: the last block's norm1."),
+        click.option("--start-layer", "--start_layer", "start_layer", type=click.IntRange(min=0),
+                     default=DEFAULTS.start_layer,
+                     help="First block chefer multiplies in (0-based; the authors' evaluation uses 1)."),
     ])
 
 

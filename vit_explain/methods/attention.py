@@ -13,17 +13,27 @@ from .base import AttentionExplainer, Explanation, readout_for
 class VITGradWeightedAttention(AttentionExplainer):
     """Gradient-weighted attention (Chefer et al., ICCV 2021, the generic method).
 
-    R = I; R <- R + mean_h(clamp(A * dL/dA, min=0)) @ R over the blocks; the map is the class
-    token's row over the patches. `__call__(input_tensor, category_index=None)` as for
+    R = I; R <- R + mean_h(clamp(A * dL/dA, min=0)) @ R over the blocks from `start_layer` on
+    (default 0: every block; the authors' evaluation starts at 1); the map is the class token's
+    row over the patches. `__call__(input_tensor, category_index=None)` as for
     VITAttentionGradRollout.
     """
 
     needs_gradients = True
 
-    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER):
+    def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, start_layer: int = 0):
         super().__init__(model, attention_layer_name, head_fusion="mean", discard_ratio=0.0)
+        blocks = self.attention_block_count()
+        # a bool is an int to Python; a float would pass the range check and slice wrongly
+        if isinstance(start_layer, bool) or not isinstance(start_layer, numbers.Integral) \
+                or not 0 <= start_layer < blocks:
+            raise ValueError(f"start_layer must be a block index from 0 to {blocks - 1} (the model has {blocks} "
+                             f"attention blocks); got {start_layer!r}")
+        self.start_layer = int(start_layer)
 
     def relevance(self, attentions, gradients, layout):
+        # the blocks before start_layer are left out of the product: R starts as I at start_layer
+        attentions, gradients = attentions[self.start_layer:], gradients[self.start_layer:]
         return gradient_weighted_attention(attentions, gradients, readout_for(attentions, layout))[:, 0]
 
 
