@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
-from ..recording import DEFAULT_ATTENTION_LAYER, LayerError, resolve_targets
+from ..recording import DEFAULT_ATTENTION_LAYER, LayerError, RecordingSession, resolve_targets
 from .adapters import Adapter, TokenLayout, adapter_for
 
 COMPAT_MODES = (None, "vit-explain")
@@ -143,13 +143,14 @@ class Explainer:
 
 
 class Recording(NamedTuple):
-    """What one forward (and backward) left for the relevance math (a tuple, so that it also
-    unpacks as the 5-tuple record() returned before it had names)."""
+    """What one forward (and backward) left for the relevance math (a tuple: its first five items
+    are the 5-tuple record() returned before it had names)."""
     attentions: list        # per block, what block_reduction() made of (B, H, N, N), or the attention
-    gradients: list | None  # per block dL/dA, for methods that need gradients
+    gradients: list | None  # per block dL/dA (or what gradients_of() takes), for gradient methods
     logits: torch.Tensor
     targets: torch.Tensor
     layout: TokenLayout
+    taps: dict | None = None  # name -> per-block tensors, for methods that record more (TapRecorder)
 
 
 class AttentionExplainer(Explainer):
@@ -201,22 +202,39 @@ class AttentionExplainer(Explainer):
         (methods without gradients only), when `relevance` needs less than every head."""
         return None
 
+    def recorder(self, reduce=None) -> RecordingSession:
+        """The recording session of one call: the adapter's attention recorder (methods that read
+        more than the attention wrap it in a `vit_explain.recording.TapRecorder`)."""
+        return self.adapter.recorder(gradients=self.needs_gradients, reduce=reduce)
+
+    def gradients_of(self, rec: RecordingSession, logits: torch.Tensor, targets: torch.Tensor) -> list:
+        """The gradients a gradient method weights, one per block: dL/dA, L the explained logit."""
+        return rec.attention_gradients(logits, targets)
+
     def record(self, input_tensor: torch.Tensor, category_index=None, reduce=None) -> Recording:
         """Run the model once (and backward for gradient methods). With `reduce` (no gradients),
-        each block's attention is kept only as reduce(attention)."""
+        each block's attention is kept only as reduce(attention). Every gradient method passes
+        here, so here it is refused when no gradient reaches the attention (`check_gradients_flow`)."""
         x = self.model_input(input_tensor)
-        with self.adapter.recorder(gradients=self.needs_gradients, reduce=reduce) as rec:
+        with self.recorder(reduce) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradients = None
             if self.needs_gradients:
-                gradients = [g.detach() for g in rec.attention_gradients(logits, targets)]
+                gradients = [g.detach() for g in self.gradients_of(rec, logits, targets)]
+                check_gradients_flow(self.model, gradients)
             attentions = [a.detach() for a in rec.attentions]
+            tapped = getattr(rec, "tapped", None)
+            taps = None if tapped is None else {name: [t.detach() for t in items] for name, items in tapped.items()}
         check_attention_shapes(self.model, attentions, x.shape[0])
         layout = self.adapter.layout(tuple(x.shape[-2:]), attentions[0].shape[-1])
         if self.compat:
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
-        return Recording(attentions, gradients, logits.detach(), targets, layout)
+        return Recording(attentions, gradients, logits.detach(), targets, layout, taps)
+
+    def relevance_of(self, rec: Recording) -> torch.Tensor:
+        """(B, N) relevance from one recording; methods that read its taps override this."""
+        return self.relevance(rec.attentions, rec.gradients, rec.layout)
 
     def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
         rec = self.record(input_tensor, category_index, reduce=self.block_reduction())
@@ -224,7 +242,7 @@ class AttentionExplainer(Explainer):
         # Under a caller's autocast only the model runs in low precision; the relevance math
         # stays in the attention's own dtype.
         with torch.no_grad(), torch.autocast(rec.attentions[0].device.type, enabled=False):
-            relevance = self.relevance(rec.attentions, rec.gradients, layout)
+            relevance = self.relevance_of(rec)
             masks = scale_to_max(tokens_to_grid(relevance, layout.num_prefix, layout.grid).float())
             heads = self.head_relevance(rec.attentions, layout)
             if heads is not None:
@@ -251,6 +269,23 @@ def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:
     batch, n = attentions[0].shape[0], attentions[0].shape[-1]
     return readout_rows(batch, n, layout.num_prefix, layout.pooling,
                         dtype=attentions[0].dtype, device=attentions[0].device)
+
+
+def check_gradients_flow(model: nn.Module, gradients) -> None:
+    """ValueError when, for some sample, every block's gradient is zero: its map would be all zero
+    without a word. (A NaN is not zero: non-finite gradients are not this case.)"""
+    if not gradients:
+        return
+    reached = torch.stack([(g != 0).flatten(1).any(dim=1) for g in gradients]).any(dim=0)
+    if not bool(reached.all()):
+        samples = (~reached).nonzero().flatten().tolist()
+        raise ValueError(
+            f"no gradient of the explained score reaches the attention of {type(model).__name__} "
+            f"(sample{'s' if len(samples) > 1 else ''} {', '.join(map(str, samples))} of the batch): every block's "
+            "gradient is zero, so the map would be all zero. Either the score does not depend on the attention "
+            "(the model's output ignores the tokens, or the explained target), or the attention was changed "
+            "(e.g. patched by another library) so that the recorded weights are not the ones the output is "
+            "computed from")
 
 
 def check_attention_shapes(model: nn.Module, attentions, batch: int) -> None:

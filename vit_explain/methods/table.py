@@ -67,4 +67,7 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("grad-cam", "gradcam:VITGradCAM", ("target_layer",), _grad_cam_suffix, class_specific=True),
     MethodSpec("gradsam", "gradsam:VITGradSAM", (), lambda o, c: f"gradsam_{c}", class_specific=True),
     MethodSpec("legrad", "legrad:VITLeGrad", (), lambda o, c: f"legrad_{c}", class_specific=True),
+    MethodSpec("agcam", "agcam:VITAGCAM", (), lambda o, c: f"agcam_{c}", class_specific=True),
+    MethodSpec("tokentm", "tokentm:VITTokenTM", (), lambda o, c: f"tokentm_{c}", class_specific=True),
+    MethodSpec("daam", "daam:VITDAAM", (), lambda o, c: f"daam_{c}", class_specific=True),
 )}

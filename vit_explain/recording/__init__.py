@@ -9,7 +9,9 @@ attention; transformers is never imported here); `ActivationRecorder` one module
 Grad-CAM; `MultiheadAttentionRecorder` every `nn.MultiheadAttention` (torchvision's ViTs, see
 `multihead.py`). The attention recorders give `rec.attentions` and `rec.attention_gradients(logits,
 targets)`. `BlockScoreRecorder` wraps one of them for LeGrad: per-block scores, each block cut
-from the ones before it (`blocks.py`).
+from the ones before it (`blocks.py`). `TapRecorder` wraps one for the methods that need more than
+the attention (AGCAM, TokenTM, DAAM): tensors at named modules, and inputs cut from the graph
+(`taps.py`).
 """
 from .activations import ActivationRecorder
 from .blocks import BlockScoreRecorder
@@ -20,10 +22,11 @@ from .modules import (DEFAULT_ATTENTION_LAYER, DEFAULT_TARGET_SUFFIX, LayerError
 from .multihead import MultiheadAttentionRecorder, check_multihead, find_multihead_attention
 from .recorder import AttentionRecorder
 from .session import RecordingSession
+from .taps import Tap, TapRecorder
 from .targets import resolve_targets, target_score
 
 __all__ = ["DEFAULT_ATTENTION_LAYER", "DEFAULT_TARGET_SUFFIX", "ActivationRecorder", "AttentionRecorder",
            "BlockScoreRecorder", "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError",
-           "MultiheadAttentionRecorder", "RecordingSession", "check_multihead", "default_target_layer",
-           "find_attention_modules", "find_module", "find_multihead_attention", "is_cait",
+           "MultiheadAttentionRecorder", "RecordingSession", "Tap", "TapRecorder", "check_multihead",
+           "default_target_layer", "find_attention_modules", "find_module", "find_multihead_attention", "is_cait",
            "is_huggingface_model", "resolve_targets", "target_score"]

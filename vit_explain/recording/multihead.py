@@ -89,6 +89,13 @@ class MultiheadAttentionRecorder(RecordingSession):
         need = _flag(args, kwargs, NEED_WEIGHTS, "need_weights", True)
         average = _flag(args, kwargs, AVERAGE, "average_attn_weights", False)
         self._asked[module] = (need, average)
+        tokens = args[0] if len(args) >= 3 and args[0] is args[1] is args[2] else None
+        if module.batch_first and torch.is_tensor(tokens) and tokens.ndim == 3:
+            # Inside, a batch_first module projects its input transposed to (N, B, E): a strided
+            # view of a batch-major tensor, whose product with frozen weights rounds differently
+            # for different batch sizes (1e-6 here, 1e-5 in some maps). The same values stored
+            # token-major make that view contiguous: a batch then gives its samples' weights.
+            args[0] = args[1] = args[2] = tokens.transpose(0, 1).contiguous().transpose(0, 1)
         return tuple(args), kwargs
 
     def _record(self, module, args, kwargs, output):

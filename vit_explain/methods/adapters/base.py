@@ -15,6 +15,12 @@ An adapter is the only owner of model knowledge. The explainers ask it:
 * `blocks()` and `scores_of_tokens(tokens, pooling)`: the transformer blocks in forward order,
   and the class scores read from one block's output tokens (LeGrad); a ValueError saying why
   for families where a block's tokens cannot be read as scores;
+* the parts of every block that AGCAM, TokenTM and DAAM read, as `Tap`s (one per block, in
+  forward order): `attention_modules()` (the module whose input AGCAM cuts),
+  `query_key_taps()`, `value_taps()`, `mixed_taps()` (the heads' outputs, the output
+  projection's input), `residual_taps()` (the tokens after the attention's residual add) and
+  `feature_tap()` (the pooled features the classifier reads); a ValueError naming the model for
+  families where vit-explain does not know them;
 * `example()`: a small random-init model of the family (no download), on which the contract
   tests (tests/test_contracts.py) run every method of the method table.
 
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...recording import ActivationRecorder, RecordingSession, default_target_layer
+from ...recording import ActivationRecorder, RecordingSession, Tap, default_target_layer
 
 
 @dataclass(frozen=True)
@@ -127,6 +133,37 @@ class Adapter:
         "model": the model's own pooling of the normalised tokens."""
         raise ValueError(f"LeGrad needs the model's final norm and head; vit-explain does not know them "
                          f"for {type(self.model).__name__}")
+
+    # The parts of every block, one entry per block of blocks(), for AGCAM, TokenTM and DAAM.
+    def attention_modules(self) -> list[nn.Module]:
+        """The module of each block that takes the (normalised) tokens and returns the attention's
+        output: AGCAM cuts its input from the graph."""
+        raise self.unknown("attention modules")
+
+    def query_key_taps(self) -> tuple[list[Tap], list[Tap]]:
+        """Per block, the queries already multiplied by the attention's scale and the keys, (B, H, N, d)
+        each: their product is the attention's pre-softmax scores."""
+        raise self.unknown("queries and keys")
+
+    def value_taps(self) -> list[Tap]:
+        """Per block, the attention's values, (B, H, N, d)."""
+        raise self.unknown("values")
+
+    def mixed_taps(self) -> list[Tap]:
+        """Per block, the heads' outputs A @ V side by side, (B, N, H * d): the output projection's input."""
+        raise self.unknown("attention outputs")
+
+    def residual_taps(self) -> list[Tap]:
+        """Per block, the tokens after the attention's residual add and before the MLP's, (B, N, C)."""
+        raise self.unknown("post-attention residual tokens")
+
+    def feature_tap(self) -> Tap:
+        """The pooled features the classifier reads, (B, D)."""
+        raise self.unknown("pooled features")
+
+    def unknown(self, what: str) -> ValueError:
+        return ValueError(f"vit-explain does not know the {what} of the attention blocks of "
+                          f"{type(self.model).__name__}")
 
     def blocks_the_readout_skips(self) -> range:
         """Blocks in which the token the classifier reads takes no part (its row is the identity)."""

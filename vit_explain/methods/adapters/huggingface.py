@@ -6,15 +6,51 @@ object whose `.logits` are the scores.
 """
 from __future__ import annotations
 
+from functools import partial
+from typing import NamedTuple
+
+import torch
 from torch import nn
 
-from ...recording import DEFAULT_ATTENTION_LAYER, HuggingFaceAttentionRecorder, default_target_layer
+from ...recording import DEFAULT_ATTENTION_LAYER, HuggingFaceAttentionRecorder, Tap, default_target_layer
 from ...recording import is_huggingface_model
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded
 
 # transformers class name -> prefix tokens before the patches (the classifier reads token 0)
 HF_PREFIX_TOKENS = {"ViTForImageClassification": 1}
 HF_TARGET_SUFFIX = "layernorm_before"  # transformers' name for a ViT layer's first normalisation
+
+
+class Projections(NamedTuple):
+    """The linear maps of one ViT layer's attention, under either transformers spelling."""
+    query: nn.Module
+    key: nn.Module
+    value: nn.Module
+    output: nn.Module   # takes the heads' outputs side by side
+    heads: int
+    scaling: float
+
+
+def projections(layer: nn.Module) -> Projections | None:
+    """transformers >= 5: layer.attention.{q,k,v,o}_proj; earlier: layer.attention.attention.{query,
+    key,value} and layer.attention.output.dense. None for anything else."""
+    attention = getattr(layer, "attention", None)
+    if all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+        heads = attention.q_proj.out_features // attention.head_dim
+        return Projections(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, heads,
+                           float(getattr(attention, "scaling", attention.head_dim ** -0.5)))
+    inner, output = getattr(attention, "attention", None), getattr(attention, "output", None)
+    if all(hasattr(inner, n) for n in ("query", "key", "value", "attention_head_size")) and hasattr(output, "dense"):
+        return Projections(inner.query, inner.key, inner.value, output.dense, int(inner.num_attention_heads),
+                           inner.attention_head_size ** -0.5)
+    return None
+
+
+def _heads(heads: int, scale: float, tensor: torch.Tensor) -> torch.Tensor:
+    """(B, N, H * d) -> (B, H, N, d), times scale."""
+    batch, tokens, width = tensor.shape
+    split = tensor.view(batch, tokens, heads, width // heads).transpose(1, 2)
+    return split if scale == 1.0 else split * scale
 
 
 def _hf_class(model: nn.Module) -> str | None:
@@ -110,3 +146,34 @@ class HuggingFaceViTAdapter(Adapter):
     def scores_of_tokens(self, tokens, pooling):
         norm, classifier = self.model.vit.layernorm, self.model.classifier
         return classifier(norm(tokens.mean(dim=1)) if pooling == "mean" else norm(tokens)[:, 0])
+
+    def _projections(self) -> list[Projections]:
+        found = [projections(layer) for layer in self.blocks()]
+        if any(p is None for p in found):
+            raise ValueError(f"vit-explain does not know the query, key and value projections of the attention of "
+                             f"{type(self.model).__name__}'s layers (neither q_proj/k_proj/v_proj/o_proj nor "
+                             "attention.query/key/value)")
+        return found
+
+    def attention_modules(self):
+        self._projections()
+        return [layer.attention for layer in self.blocks()]
+
+    def query_key_taps(self):
+        found = self._projections()
+        # eager attention: (q @ k^T) * scaling
+        return ([Tap(p.query, "output", partial(_heads, p.heads, p.scaling)) for p in found],
+                [Tap(p.key, "output", partial(_heads, p.heads, 1.0)) for p in found])
+
+    def value_taps(self):
+        return [Tap(p.value, "output", partial(_heads, p.heads, 1.0)) for p in self._projections()]
+
+    def mixed_taps(self):
+        return [Tap(p.output, "input") for p in self._projections()]
+
+    def residual_taps(self):
+        self._projections()
+        return [Tap(layer.layernorm_after, "input") for layer in self.blocks()]
+
+    def feature_tap(self):
+        return Tap(self.model.classifier, "input")

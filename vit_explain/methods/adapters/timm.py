@@ -8,10 +8,12 @@ img_size, dynamic_img_size}`.
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import torch
 from torch import nn
 
-from ...recording import DEFAULT_ATTENTION_LAYER, AttentionRecorder, find_attention_modules
+from ...recording import DEFAULT_ATTENTION_LAYER, AttentionRecorder, Tap, find_attention_modules
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded, sharpen_attention
 
 MAX_PREFIX_TOKENS = 32  # class + distillation + registers; more would be a misread grid
@@ -78,6 +80,34 @@ def check_input(model: nn.Module, input_tensor) -> None:
     check_input_shape(input_tensor, channels, img_size, patch)
 
 
+def _scaled(scale: float, tensor: torch.Tensor) -> torch.Tensor:
+    return tensor * scale
+
+
+def _values_of_qkv(heads: int, qkv: torch.Tensor) -> torch.Tensor:
+    """timm's packed qkv projection (B, N, 3 * H * d) -> the values (B, H, N, d)."""
+    batch, tokens, width = qkv.shape
+    return qkv.reshape(batch, tokens, 3, heads, width // (3 * heads))[:, :, 2].transpose(1, 2)
+
+
+def vit_blocks(model: nn.Module) -> list[nn.Module]:
+    """The blocks of a timm ViT whose parts AGCAM, TokenTM and DAAM read: pre-norm
+    `timm.models.vision_transformer.Block`s with its `Attention`, where queries and keys come out
+    of q_norm / k_norm exactly as the scores use them, the values out of one packed qkv, and the
+    post-attention residual is norm2's input. Other blocks (rotary or relative-position attention,
+    post-norm or parallel blocks) would be read wrongly: a ValueError naming the model."""
+    from timm.models.vision_transformer import Attention, Block
+    blocks = getattr(model, "blocks", None)
+    found = list(blocks) if isinstance(blocks, nn.Sequential) else []
+    odd = [f"{type(b).__name__} with {type(getattr(b, 'attn', None)).__name__} attention" for b in found
+           if type(b) is not Block or type(b.attn) is not Attention]
+    if not found or odd:
+        raise ValueError(f"vit-explain reads the queries, keys, values and residual tokens of the attention blocks "
+                         f"of timm's standard ViT (timm.models.vision_transformer Block and Attention); "
+                         f"{type(model).__name__} has " + (odd[0] if odd else "no `blocks` of them"))
+    return found
+
+
 class TimmAdapter(Adapter):
     """timm ViT-style models, and the fallback for any other module: hooks on the module named
     attention_layer_name (a dotted-name suffix, default `attn_drop`) in every block."""
@@ -136,3 +166,27 @@ class TimmAdapter(Adapter):
             # forward_head adds its fc_norm and head(s) as the model does.
             return self.model.forward_head(norm(tokens.mean(dim=1, keepdim=True)).expand_as(tokens))
         return self.model.forward_head(norm(tokens))
+
+    def attention_modules(self):
+        return [block.attn for block in vit_blocks(self.model)]
+
+    def query_key_taps(self):
+        blocks = vit_blocks(self.model)
+        # timm multiplies q_norm's output by the scale and takes q @ k^T: the scores
+        return ([Tap(b.attn.q_norm, "output", partial(_scaled, b.attn.scale)) for b in blocks],
+                [Tap(b.attn.k_norm, "output") for b in blocks])
+
+    def value_taps(self):
+        return [Tap(b.attn.qkv, "output", partial(_values_of_qkv, b.attn.num_heads)) for b in vit_blocks(self.model)]
+
+    def mixed_taps(self):
+        # attn.norm (an Identity unless scale_norm) takes A @ V with the heads side by side
+        return [Tap(b.attn.norm, "input") for b in vit_blocks(self.model)]
+
+    def residual_taps(self):
+        return [Tap(b.norm2, "input") for b in vit_blocks(self.model)]
+
+    def feature_tap(self):
+        vit_blocks(self.model)
+        return Tap(self.model.head, "input")
+

@@ -7,14 +7,34 @@ class token after `encoder.ln`; the input must be exactly `image_size` square.
 """
 from __future__ import annotations
 
+from functools import partial
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ...recording import (MultiheadAttentionRecorder, check_multihead, default_target_layer,
+from ...recording import (MultiheadAttentionRecorder, Tap, check_multihead, default_target_layer,
                           find_multihead_attention)
 from .base import Adapter, TokenLayout, check_input_shape, seeded
 
 TORCHVISION_VIT = ("torchvision.models.vision_transformer", "VisionTransformer")
+
+
+def _projected(attention: nn.MultiheadAttention, which: int, scale: bool, tokens: torch.Tensor) -> torch.Tensor:
+    """One of the attention's input projections (0 query, 1 key, 2 value) of its input tokens,
+    (B, H, N, d); the query times head_dim ** -0.5 when scale, as the module scales it. The
+    module computes them inside one function call, so they are computed again here."""
+    e, heads = attention.embed_dim, attention.num_heads
+    if attention._qkv_same_embed_dim:
+        weight = attention.in_proj_weight[which * e:(which + 1) * e]
+    else:
+        weight = (attention.q_proj_weight, attention.k_proj_weight, attention.v_proj_weight)[which]
+    bias = None if attention.in_proj_bias is None else attention.in_proj_bias[which * e:(which + 1) * e]
+    if not attention.batch_first:
+        tokens = tokens.transpose(0, 1)
+    batch, count, _ = tokens.shape
+    projected = F.linear(tokens, weight, bias).view(batch, count, heads, e // heads).transpose(1, 2)
+    return projected * (e // heads) ** -0.5 if scale else projected
 
 
 def is_torchvision_vit(model: nn.Module) -> bool:
@@ -85,3 +105,25 @@ class TorchvisionViTAdapter(Adapter):
         norm, heads = self.model.encoder.ln, self.model.heads
         # "mean" as torchcam and LeGrad's code: pool first, then the final norm
         return heads(norm(tokens.mean(dim=1)) if pooling == "mean" else norm(tokens)[:, 0])
+
+    def attention_modules(self):
+        return [block.self_attention for block in self.blocks()]
+
+    def query_key_taps(self):
+        attentions = self.attention_modules()
+        return ([Tap(a, "input", partial(_projected, a, 0, True)) for a in attentions],
+                [Tap(a, "input", partial(_projected, a, 1, False)) for a in attentions])
+
+    def value_taps(self):
+        return [Tap(a, "input", partial(_projected, a, 2, False)) for a in self.attention_modules()]
+
+    def mixed_taps(self):
+        # only the recorder's replay, out_proj(A @ V) from the recorded weights, calls out_proj as a
+        # module: these taps need a recorder made with gradients=True
+        return [Tap(a.out_proj, "input") for a in self.attention_modules()]
+
+    def residual_taps(self):
+        return [Tap(block.ln_2, "input") for block in self.blocks()]
+
+    def feature_tap(self):
+        return Tap(self.model.heads, "input")
