@@ -70,4 +70,5 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("agcam", "agcam:VITAGCAM", (), lambda o, c: f"agcam_{c}", class_specific=True),
     MethodSpec("tokentm", "tokentm:VITTokenTM", (), lambda o, c: f"tokentm_{c}", class_specific=True),
     MethodSpec("daam", "daam:VITDAAM", (), lambda o, c: f"daam_{c}", class_specific=True),
+    MethodSpec("cola", "cola:VITCoLa", (), lambda o, c: f"cola_{c}", class_specific=True),
 )}
