@@ -114,6 +114,26 @@ def test_ray_refuses_actors_that_leave_no_cpu_to_read_with(ray_cluster, images, 
     assert code == 2 and "2 actors x --cpus-per-actor 1 take every CPU of the Ray cluster (2)" in line
 
 
+def test_a_ray_worker_decodes_on_threads_and_keys_uris(images, tiny_model_dir):
+    """The actor's own code, without Ray: bytes in, rows out; URIs keep their scheme (Ray strips it)."""
+    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("ray")
+    from vit_explain.cli.engines.ray import RayWorker
+    from vit_explain.cli.options import Options
+    options = Options(image_path=images["folder"], method="rollout", model=f"local-dir:{tiny_model_dir}",
+                      outputs=("parquet",), cpus_per_actor=2, run_id="run", quiet=True)
+    worker = RayWorker(options, None, "s3", {"name": options.model, "weights": "w"})
+    assert worker.decoders is not None and worker.decoders._max_workers == 2
+    files_ = [images["folder"] / f"img{i}.png" for i in range(3)]
+    rows = worker(pa.table({"path": [f"bucket/{f.name}" for f in files_] + ["bucket/empty.png"],
+                            "bytes": [f.read_bytes() for f in files_] + [b""]})).to_pylist()
+    assert [r["input"] for r in rows] == [f"s3://bucket/{f.name}" for f in files_] + ["s3://bucket/empty.png"]
+    for f, r in zip(files_, rows):
+        mask = np.asarray(r["mask"], dtype=np.float32).reshape(r["grid_h"], r["grid_w"])
+        np.testing.assert_allclose(mask, images["masks"][str(f.resolve())], atol=1e-3)
+    assert rows[-1]["error"] == "s3://bucket/empty.png is empty (0 bytes)" and rows[-1]["run"] == "run"
+
+
 def test_a_uri_prefix_stands_for_the_files_below_it(images):
     pytest.importorskip("ray")
     from vit_explain.cli.engines.ray import expand_uri

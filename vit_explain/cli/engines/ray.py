@@ -23,6 +23,7 @@ import logging
 import os
 import stat
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import ray
@@ -80,12 +81,18 @@ class RayWorker:
         self.scheme = scheme
         self.sinks = [SINKS[name](options) for name in selected_sinks(options)
                       if not getattr(SINKS[name], "table", False)]
+        # decoding releases the GIL (PIL's decoders and resampling, torch's normalisation): an actor
+        # given several CPUs decodes its batch on as many threads
+        threads = max(1, int(options.cpus_per_actor))
+        self.decoders = ThreadPoolExecutor(threads, thread_name_prefix="vit-explain-decode") if threads > 1 else None
 
     def __call__(self, batch):
         paths = batch.column("path").to_pylist()
         if self.scheme:  # Ray hands back s3://bucket/key as bucket/key
             paths = [f"{self.scheme}://{p}" for p in paths]
-        items = [self.explaining.decode(path, data) for path, data in zip(paths, batch.column("bytes").to_pylist())]
+        pairs = list(zip(paths, batch.column("bytes").to_pylist()))
+        items = (list(self.decoders.map(lambda pair: self.explaining.decode(*pair), pairs)) if self.decoders
+                 else [self.explaining.decode(*pair) for pair in pairs])
         rows = []
         for outcome in self.explaining.explain(items):
             if outcome.error is None:
