@@ -41,6 +41,15 @@ class Explanation:
     layer_head_masks: (B, L, heads, gh, gw) float32, per block and head, each scaled to its own
                       maximum (raw attention: the DINO view of every block)
 
+    Filled only by methods whose relevance is signed (CP-LRP; None and False otherwise):
+    pixel_relevance: (B, H, W) signed relevance of every input pixel (the model's input size),
+                     summed over the colour channels, unscaled (CP-LRP: in units of the explained
+                     logit); float32 (float64 for a float64 model)
+    patch_relevance: (B, gh, gw) the same summed over each patch, signed and unscaled; `masks` is
+                     then its positive part scaled to a maximum of 1
+    signed:          True when pixel_relevance / patch_relevance hold signed relevance (negative:
+                     evidence against the explained class); draw them with `relevance_overlays`
+
     In a notebook, `overlays(images)`, `figure(images)` and `show(images)` draw the masks over
     the images; the explanation itself displays as its masks (`_repr_png_`).
     """
@@ -51,6 +60,9 @@ class Explanation:
     layer_masks: torch.Tensor | None = None
     layer_blocks: list[int] | None = None
     layer_head_masks: torch.Tensor | None = None
+    pixel_relevance: torch.Tensor | None = None
+    patch_relevance: torch.Tensor | None = None
+    signed: bool = False
 
     def overlays(self, images, boxes=None, colormap: str = "jet", alpha: float = 0.5) -> list[np.ndarray]:
         """Each mask over its image at the image's own resolution: a list of B RGB uint8 arrays.
@@ -68,6 +80,22 @@ class Explanation:
         boxes = [None] * len(pictures) if boxes is None else list(boxes)
         return [show_mask_on_image(picture, mask, box, colormap, alpha)
                 for picture, mask, box in zip(pictures, self._numpy("masks"), boxes, strict=True)]
+
+    def relevance_overlays(self, images, boxes=None, alpha: float = 0.5, level: str = "pixel") -> list[np.ndarray]:
+        """The signed relevance over each image on the diverging blue-white-red colormap, symmetric
+        around 0 (white), each image scaled by its own largest magnitude: a list of B RGB uint8
+        arrays. level: "pixel" (`pixel_relevance`) or "patch" (`patch_relevance`). images and boxes
+        as for `overlays`. ValueError for an explanation without signed relevance."""
+        from ..io.figures import as_images, show_mask_on_image
+        name = {"pixel": "pixel_relevance", "patch": "patch_relevance"}.get(level)
+        if name is None:
+            raise ValueError(f"level must be 'pixel' or 'patch'; got {level!r}")
+        if getattr(self, name) is None:
+            raise ValueError(f"this explanation has no {name} (only signed methods such as cp-lrp fill it)")
+        pictures = as_images(images, len(self.masks))
+        boxes = [None] * len(pictures) if boxes is None else list(boxes)
+        return [show_mask_on_image(picture, relevance, box, alpha=alpha, signed=True)
+                for picture, relevance, box in zip(pictures, self._numpy(name), boxes, strict=True)]
 
     def figure(self, images=None, boxes=None, labels=None, title: str | None = None, colormap: str = "jet",
                alpha: float = 0.5, limit: int | None = None) -> np.ndarray:

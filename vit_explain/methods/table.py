@@ -71,4 +71,5 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("tokentm", "tokentm:VITTokenTM", (), lambda o, c: f"tokentm_{c}", class_specific=True),
     MethodSpec("daam", "daam:VITDAAM", (), lambda o, c: f"daam_{c}", class_specific=True),
     MethodSpec("cola", "cola:VITCoLa", (), lambda o, c: f"cola_{c}", class_specific=True),
+    MethodSpec("cp-lrp", "lrp:VITCPLRP", (), lambda o, c: f"cp_lrp_{c}", class_specific=True),
 )}

@@ -1,0 +1,100 @@
+"""Output sinks for signed relevance (CP-LRP's `Explanation.pixel_relevance`): the map itself as
+float32 .npy, and its overlay on the diverging blue-white-red colormap with a symmetric scale.
+
+Not in SINKS yet. What the run loop must do to hook them in (vit_explain/cli/runner.py and
+explaining.py, io/sinks.py):
+
+* `ExplainedImage` gains `pixel_relevance: np.ndarray | None = None`, this image's
+  `Explanation.pixel_relevance` as float32 (H, W) at the model's input size (the part of the image
+  `box` names); the sinks read it with getattr, so an attribute set on the item works too;
+* sinks.py imports `RelevanceSink, RelevanceOverlaySink` from here and lists them in SINKS
+  (this module does not import sinks.py, so there is no import cycle: like the Parquet sink,
+  these are sinks by protocol, not by subclassing `FileSink`);
+* the method table's cp-lrp line names them in `extra_outputs`, so that they are written by
+  default for cp-lrp and refused (a usage error) for methods without signed relevance.
+
+Both are file sinks with FileSink's protocol (sinks.py): `done(base, entry)` (the file is there,
+no link, of the size the manifest recorded), `write(item)` (recording the file in `item.outputs`
+and its size in `item.output_bytes`; OSError when it cannot, including an item without signed
+relevance), `close()`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .outputs import make_output_folder, write_npy, write_png
+from .overlay import overlay_signed
+
+
+def signed_relevance(item) -> np.ndarray:
+    """The item's signed pixel relevance as float32 (H, W); OSError when it has none."""
+    relevance = getattr(item, "pixel_relevance", None)
+    if relevance is None:
+        raise OSError("no signed relevance for this image (only signed methods such as cp-lrp give it)")
+    relevance = np.asarray(relevance, dtype=np.float32)
+    if relevance.ndim != 2:
+        raise OSError(f"signed relevance must be one (H, W) map per image; got shape {relevance.shape}")
+    return relevance
+
+
+class SignedFileSink:
+    """One file per image, base + ending; the protocol of sinks.FileSink."""
+
+    name = ""
+    ending = ""
+
+    def __init__(self, options):
+        self.options = options
+
+    @staticmethod
+    def applies(explainer) -> bool:
+        """Whether the explainer gives signed relevance (`signed = True`, as VITCPLRP)."""
+        return bool(getattr(explainer, "signed", False))
+
+    def path(self, base: Path) -> Path:
+        return base.with_name(base.name + self.ending)
+
+    def done(self, base: Path, entry: dict | None) -> bool:
+        if entry is None:
+            return False
+        path, size = self.path(base), entry.get("output_bytes", {}).get(self.name)
+        return path.is_file() and not path.is_symlink() and path.stat().st_size == size
+
+    def write(self, item) -> None:
+        path = self.path(item.base)
+        make_output_folder(Path(self.options.output_dir), path.parent)
+        self.save(path, item)
+        item.outputs[self.name] = str(path)
+        item.output_bytes[self.name] = path.stat().st_size
+
+    def save(self, path: Path, item) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class RelevanceSink(SignedFileSink):
+    """The signed pixel relevance, float32 (H, W) at the model's input size (.npy): positive
+    speaks for the explained class, negative against it, in the method's units (CP-LRP: the
+    explained logit's)."""
+    name, ending = "relevance", "_relevance.npy"
+
+    def save(self, path, item):
+        write_npy(path, signed_relevance(item))
+
+
+class RelevanceOverlaySink(SignedFileSink):
+    """The signed pixel relevance over the image at its own resolution (PNG), on the diverging
+    blue-white-red colormap: white 0, red positive, blue negative, symmetric around 0 and scaled
+    by the image's largest magnitude (`overlay.overlay_signed`), blended with --alpha."""
+    name, ending = "relevance-overlay", "_relevance.png"
+
+    def save(self, path, item):
+        alpha = getattr(self.options, "alpha", 0.5)
+        write_png(path, overlay_signed(item.image, signed_relevance(item), item.box, alpha=alpha))
+
+
+SIGNED_SINKS = (RelevanceSink, RelevanceOverlaySink)
