@@ -15,6 +15,8 @@ from vit_explain.methods.table import METHODS
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
 GRADIENT_METHODS = [name for name, spec in METHODS.items()
                     if issubclass(spec.load(), AttentionExplainer) and spec.load().needs_gradients]
+# per-block score methods: each block's gradient of its own score (no AttentionExplainer)
+BLOCK_SCORE_METHODS = ["legrad", "cola"]
 
 
 class ConstantHead(nn.Module):
@@ -43,7 +45,7 @@ def test_the_gradient_methods_are_found():
     assert {"grad-rollout", "chefer", "gradsam", "agcam", "tokentm", "daam"} <= set(GRADIENT_METHODS)
 
 
-@pytest.mark.parametrize("name", GRADIENT_METHODS)
+@pytest.mark.parametrize("name", GRADIENT_METHODS + BLOCK_SCORE_METHODS)
 def test_a_score_that_ignores_the_tokens_is_refused(name):
     model = TimmAdapter.example()
     model.head = ConstantHead(5)

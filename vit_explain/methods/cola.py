@@ -9,7 +9,7 @@ from ..math.cola import contrastive_scores, contribution_maps
 from ..math.grid import tokens_to_grid
 from ..math.legrad import min_max_scale
 from ..recording import DEFAULT_ATTENTION_LAYER, BlockScoreRecorder, resolve_targets
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, check_gradients_flow
 from .legrad import LayerMaps, chosen_layers
 
 
@@ -48,6 +48,7 @@ class VITCoLa(Explainer):
             targets = resolve_targets(logits, category_index)
             gradients = [g.detach() for g in rec.score_gradients(targets)]
             attentions = [rec.attentions[i].detach() for i in self.layers]
+        check_gradients_flow(self.model, gradients)  # an all-zero map would say nothing
         shape = gradients[0].shape
         if len(shape) != 4 or shape[-1] != shape[-2]:
             raise ValueError(f"CoLa needs (B, heads, N, N) attention in every block of {type(self.model).__name__}; "

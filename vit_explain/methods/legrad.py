@@ -10,7 +10,7 @@ import torch
 from ..math.grid import tokens_to_grid
 from ..math.legrad import legrad_block_maps, min_max_scale
 from ..recording import DEFAULT_ATTENTION_LAYER, BlockScoreRecorder, resolve_targets
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, check_gradients_flow
 
 POOLINGS = ("mean", "model")
 
@@ -72,6 +72,7 @@ class VITLeGrad(Explainer):
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradients = [g.detach() for g in rec.score_gradients(targets)]
+        check_gradients_flow(self.model, gradients)  # an all-zero map would say nothing
         shape = gradients[0].shape
         if len(shape) != 4 or shape[-1] != shape[-2]:
             raise ValueError(f"LeGrad needs (B, heads, N, N) attention in every block of {type(self.model).__name__}; "
