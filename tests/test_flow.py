@@ -6,7 +6,7 @@ import timm
 import torch
 
 from tests.helpers import assert_state_equal, model_state, peaky
-from vit_explain.math.flow import attention_flow, flow_capacities, max_flow_values
+from vit_explain.math.flow import attention_flow, break_ties, flow_capacities, max_flow_values
 from vit_explain.methods.flow import VITAttentionFlow
 from vit_explain.recording import AttentionRecorder
 
@@ -169,3 +169,54 @@ def test_deit_tiny_one_image(deit_tiny_qkv4):
     x = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(3))
     mask = VITAttentionFlow(deit_tiny_qkv4)(x)  # speed: benchmarks/bench_flow.py
     assert mask.shape == (14, 14) and np.isfinite(mask).all() and mask.max() == 1
+
+
+# ---- saturation and the tie-break ------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def demo_attentions():
+    """The shipped demo model (trained) on its 12 samples, with each sample's object mask."""
+    from tests.test_demo import EXAMPLES, IMAGES, Image, Preprocessor, load_model
+    model = load_model(f"local-dir:{EXAMPLES / 'demo-vit'}")
+    preprocess = Preprocessor(model)
+    x = torch.stack([preprocess(Image.open(path).convert("RGB")) for path in IMAGES])
+    objects = [np.asarray(Image.open(EXAMPLES / "masks" / path.name)) > 127 for path in IMAGES]
+    return model, x, objects
+
+
+def test_trained_flow_saturates_at_the_source_s_capacity(demo_attentions):
+    """The plateaus are the true max flow: networkx on the literal graph gives the tied patches
+    exactly the class token's whole capacity (1), and the other patches less."""
+    model, x, _ = demo_attentions
+    capacities = literal_capacities(recorded(model, x[:1]), 0)
+    weights = np.eye(capacities.shape[-1])[0]
+    ours = max_flow_values(capacities, weights)
+    tied = np.flatnonzero(ours[1:] >= 1 - 1e-6) + 1
+    below = int(np.argmin(ours[1:])) + 1
+    assert len(tied) >= 5
+    graph, source = literal_graph(capacities, weights)
+    for token in (tied[0], tied[-1], below):
+        value = nx.maximum_flow_value(graph, source, (0, int(token)), flow_func=preflow_push)
+        assert value == pytest.approx(ours[token], abs=1e-7)
+    assert ours[tied[0]] == pytest.approx(1, abs=1e-7) and ours[below] < 0.99
+
+
+def test_tie_break_makes_the_maximum_point_at_the_object(demo_attentions):
+    from tests.test_demo import peaks_on_object
+    model, x, objects = demo_attentions
+    raw = VITAttentionFlow(model, tie_break="none")(x)
+    broken = VITAttentionFlow(model)(x)
+    assert sum(peaks_on_object(m, o) for m, o in zip(raw, objects)) <= 2  # the first tied patch: top left
+    assert sum(peaks_on_object(m, o) for m, o in zip(broken, objects)) == 12
+    np.testing.assert_allclose(broken, raw, atol=2e-6)  # values barely move
+
+
+def test_break_ties_orders_only_inside_a_tie():
+    flows = np.array([0.0, 0.3, 1.0, 0.3 + 4e-7, 1.0 - 3e-7, 0.7, 1.0])
+    secondary = np.array([9.0, 1.0, 1.0, 0.5, 3.0, 5.0, 2.0])
+    result = break_ties(flows, secondary, tolerance=1e-6)
+    assert result[0] == 0                                   # no flow: no relevance invented
+    assert np.argsort(result).tolist() == [0, 3, 1, 5, 2, 6, 4]  # groups in flow order, ties by secondary
+    assert np.abs(result - flows).max() <= 1.5e-6
+    with pytest.raises(ValueError, match="tie_break must be one of rollout, none"):
+        VITAttentionFlow(tiny_vit(depth=1), tie_break="first")

@@ -68,8 +68,11 @@ def flow_capacities(attentions: Sequence[torch.Tensor], sample: int) -> np.ndarr
     return mixed / mixed.sum(axis=-1, keepdims=True)
 
 
+TIE_BREAKS = ("rollout", "none")
+
+
 def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
-                   scale: float = DEFAULT_SCALE, method: str = "dinic") -> torch.Tensor:
+                   scale: float = DEFAULT_SCALE, method: str = "dinic", tie_break: str = "none") -> torch.Tensor:
     """Attention flow relevance of every input token, normalised to sum 1: (B, N) float64.
 
     attentions: post-softmax (B, H, N, N) per block, in forward order.
@@ -77,17 +80,67 @@ def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
                 class token, or 1/num_patches on every patch for average-pooled models.
     scale:      integer scale S of the capacities (see the module docstring for the error bound).
     method:     scipy's "dinic" (default) or "edmonds_karp" (~150x slower on these graphs).
+    tie_break:  "none": the max flows as they are; "rollout": tokens whose flows tie (see
+                `break_ties`) ordered by their path-product relevance in the same graph.
     """
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
     batch, _, n, _ = attentions[0].shape
     weights = _float64(readout).reshape(readout.shape[0], -1)
     if weights.shape != (batch, n):
         raise ValueError(f"readout must hold one weight per token, (B={batch}, N={n}); got {tuple(readout.shape)}")
     rows = np.zeros((batch, n))
     for b in range(batch):                                 # one max-flow problem set per sample
-        flows = max_flow_values(flow_capacities(attentions, b), weights[b], scale, method)
+        capacities = flow_capacities(attentions, b)
+        flows = max_flow_values(capacities, weights[b], scale, method)
+        if tie_break == "rollout":
+            flows = break_ties(flows, path_products(capacities, weights[b]), tolerance=TIE_TOLERANCE)
         total = flows.sum()
         rows[b] = flows / total if total > 0 else flows
     return torch.from_numpy(rows).to(attentions[0].device)
+
+
+# Flows closer than this (in units of the source's capacity, 1) are one value: far above the
+# integer capacities' rounding error (1e-7 at most, module docstring), far below any visible step.
+TIE_TOLERANCE = 1e-6
+
+
+def path_products(capacities: np.ndarray, weights: np.ndarray) -> np.ndarray:
+    """(N,) the readout pushed through every block's Q as a product, weights @ Q_L @ ... @ Q_1:
+    the sum over all paths of the product of their capacities (attention rollout of the same
+    graph, mean heads, no discard)."""
+    row = np.asarray(weights, dtype=np.float64)
+    for block in capacities[::-1]:
+        row = row @ block
+    return row
+
+
+def break_ties(flows: np.ndarray, secondary: np.ndarray, tolerance: float = TIE_TOLERANCE) -> np.ndarray:
+    """flows with ties ordered by secondary, nothing else reordered.
+
+    Why: the max flow saturates. The readout can send at most its own capacity (1), and every
+    token that can take all of it scores exactly 1, so large plateaus tie at the maximum (the
+    true max flow: tests/test_flow.py checks it against networkx). Without an order inside a
+    plateau, the argmax is its first token and deletion removes it in index order.
+
+    Groups: flows sorted, a new group wherever the gap to the previous value exceeds tolerance.
+    Each token becomes its group's largest flow plus (tolerance / 2) * secondary / max(secondary),
+    so groups keep their order (they are more than tolerance apart) and the values move by at
+    most 1.5 * tolerance."""
+    flows = np.asarray(flows, dtype=np.float64)
+    if flows.size == 0:
+        return flows
+    order = np.argsort(flows, kind="stable")
+    ordered = flows[order]
+    group = np.concatenate([[0], np.cumsum(np.diff(ordered) > tolerance)])
+    group_max = np.zeros(group[-1] + 1)
+    np.maximum.at(group_max, group, ordered)
+    top = float(np.max(secondary)) if np.size(secondary) else 0.0
+    nudge = np.clip(secondary / top, 0, 1) if top > 0 else np.zeros_like(flows)
+    result = np.empty_like(flows)
+    result[order] = group_max[group]
+    # tokens without any flow stay at exactly 0: a nudge would invent relevance
+    return np.where(flows > 0, result + tolerance / 2 * nudge, flows)
 
 
 def _float64(tensor: torch.Tensor) -> np.ndarray:
