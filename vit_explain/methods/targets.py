@@ -18,6 +18,7 @@ unchanged. Rollout and raw attention do not read the score, and ignore it as the
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import numbers
 from dataclasses import dataclass
@@ -93,19 +94,27 @@ def resolve(explainer, target) -> Scorer | None:
     if isinstance(target, Prompt):
         if "prompt" not in adapter.targets:
             raise refuse(adapter, "a text prompt (it has no text tower)")
-        with frozen(explainer.model), torch.no_grad():
+        with frozen(explainer.model), outside_autograd():
             keys = F.normalize(adapter.text_embedding(list(target.texts)), dim=-1)
-        scale, bias = adapter.prompt_scale()
+            scale, bias = adapter.prompt_scale()
         return Scorer("prompt", keys, scale, bias, target.labels())
     if isinstance(target, Reference):
         if "reference" not in adapter.targets:
             raise refuse(adapter, "a reference image (it has no embedding output)")
         images = target.images if target.images.ndim != 3 else target.images[None]
         x = explainer.model_input(images)
-        with frozen(explainer.model), torch.no_grad():
-            keys = F.normalize(adapter.image_embedding(x), dim=-1)
+        with frozen(explainer.model), outside_autograd():
+            keys = F.normalize(adapter.image_embedding(x.clone()), dim=-1)
         return Scorer("reference", keys, None, None, target.labels())
     raise ValueError(f"target must be a class index, a Prompt or a Reference; got {type(target).__name__}")
+
+
+@contextlib.contextmanager
+def outside_autograd():
+    """No graph, and ordinary tensors even under a caller's inference_mode: the embeddings made
+    here join the graph of the explained scores later."""
+    with torch.inference_mode(False), torch.no_grad():
+        yield
 
 
 def frozen(model):

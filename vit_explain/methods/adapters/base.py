@@ -134,6 +134,12 @@ class Adapter:
         """A small random-init model of this family in eval mode, the same on every call."""
         raise NotImplementedError
 
+    @classmethod
+    def example_target(cls):
+        """What the contract tests explain on `example()`: None (its classes), or a Prompt or
+        Reference with 5 prompts or references for a model without classes."""
+        return None
+
     def check_input(self, input_tensor) -> None:
         raise NotImplementedError
 
