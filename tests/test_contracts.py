@@ -47,6 +47,13 @@ def categories(spec):
     return CATEGORIES if spec.class_specific else None
 
 
+def target_of(family):
+    """What the family's example explains: its classes (None), or 5 prompts or references
+    (models without classes), among which CATEGORIES pick as among classes."""
+    adapter, _ = family
+    return adapter.example_target()
+
+
 def refused(spec, family) -> bool:
     """A family without token-to-token attention refuses the attention methods; a method refuses
     a family it is not defined on with a ValueError at construction that names the model (any
@@ -75,9 +82,10 @@ def test_each_example_is_explained_by_its_own_adapter(family):
 
 def test_batch_equals_singles(spec, family):
     explainer = explainer_or_skip(spec, family)
-    batch = explainer.explain(X, categories(spec))
+    batch = explainer.explain(X, categories(spec), target=target_of(family))
     for i in range(len(X)):
-        single = explainer.explain(X[i:i + 1], None if categories(spec) is None else categories(spec)[i])
+        single = explainer.explain(X[i:i + 1], None if categories(spec) is None else categories(spec)[i],
+                                   target=target_of(family))
         torch.testing.assert_close(batch.masks[i], single.masks[0], atol=1e-5, rtol=0)
         assert batch.targets[i] == single.targets[0]
         if batch.head_masks is not None:
@@ -85,7 +93,7 @@ def test_batch_equals_singles(spec, family):
 
 
 def test_masks_are_finite_maps_scaled_to_one(spec, family):
-    explanation = explainer_or_skip(spec, family).explain(X, categories(spec))
+    explanation = explainer_or_skip(spec, family).explain(X, categories(spec), target=target_of(family))
     masks = explanation.masks
     assert masks.dtype == torch.float32 and masks.ndim == 3 and masks.shape[0] == len(X)
     assert torch.isfinite(masks).all() and masks.min() >= 0
@@ -98,9 +106,9 @@ def test_masks_are_finite_maps_scaled_to_one(spec, family):
 
 def test_the_numpy_call_gives_the_masks(spec, family):
     explainer = explainer_or_skip(spec, family)
-    masks = explainer(X, categories(spec))
+    masks = explainer(X, categories(spec), target=target_of(family))
     assert isinstance(masks, np.ndarray) and masks.dtype == np.float32 and masks.shape[0] == len(X)
-    assert explainer(X[:1], 0).shape == masks.shape[1:]
+    assert explainer(X[:1], 0, target=target_of(family)).shape == masks.shape[1:]
 
 
 def test_model_comes_back_as_it_went_in(spec, family):
@@ -109,10 +117,10 @@ def test_model_comes_back_as_it_went_in(spec, family):
     model.train()  # a caller's training model goes back to training
     before = model_state(model)
     try:
-        explainer.explain(X, categories(spec))
+        explainer.explain(X, categories(spec), target=target_of(family))
         assert_state_equal(before, model_state(model))
         with pytest.raises(ValueError):  # a failure after the forward pass also restores everything
-            explainer.explain(X, CLASSES + 1)
+            explainer.explain(X, CLASSES + 1, target=target_of(family))
         assert_state_equal(before, model_state(model))
     finally:
         model.eval()
@@ -120,10 +128,10 @@ def test_model_comes_back_as_it_went_in(spec, family):
 
 def test_works_under_no_grad_and_inference_mode(spec, family):
     explainer = explainer_or_skip(spec, family)
-    expected = explainer.explain(X, categories(spec)).masks
+    expected = explainer.explain(X, categories(spec), target=target_of(family)).masks
     for context in (torch.no_grad, torch.inference_mode):
         with context():
-            torch.testing.assert_close(explainer.explain(X, categories(spec)).masks, expected)
+            torch.testing.assert_close(explainer.explain(X, categories(spec), target=target_of(family)).masks, expected)
 
 
 def test_bad_parameters_raise_value_error(spec, family):
@@ -134,10 +142,10 @@ def test_bad_parameters_raise_value_error(spec, family):
             spec.build(model, Options(**{option: BAD_VALUES[option]}))
     for category in (CLASSES, -1, [0, 1]):  # out of range, negative, one per sample for 3 samples
         with pytest.raises(ValueError):
-            explainer.explain(X, category)
+            explainer.explain(X, category, target=target_of(family))
     for x in (X[:, :2], X[0], X.long()):  # wrong channels, no batch axis, not floating point
         with pytest.raises(ValueError):
-            explainer.explain(x)
+            explainer.explain(x, target=target_of(family))
 
 
 def test_attention_methods_are_refused_clearly(spec, family):
@@ -145,7 +153,7 @@ def test_attention_methods_are_refused_clearly(spec, family):
     if not refused(spec, family):
         pytest.skip(f"{adapter.__name__} explains {spec.name}")
     with pytest.raises(ValueError, match="windowed attention|no rollout|attention") as error:
-        spec.build(model, Options()).explain(X)
+        spec.build(model, Options()).explain(X, target=target_of(family))
     assert type(model).__name__ in str(error.value)  # the refusal names the model
 
 

@@ -27,6 +27,7 @@ from ..methods.table import METHODS
 from .common import build_explainer
 from .errors import EXIT_USAGE, CommandError
 from .options import Options
+from .targets import command_target, target_label
 
 
 def top_classes(logits: torch.Tensor, names: list[str], k: int) -> list[dict]:
@@ -72,6 +73,10 @@ class Explaining:
         self.identity = identity or model_identity(options, model)
         self.preprocess = Preprocessor(model, compat=bool(options.compat))
         self.names = class_names(model, self.num_classes or 0) if self.num_classes else []
+        # --prompt / --reference: the scores are similarities, one column (and one map) per target
+        self.scorer = command_target(options, self.explainer, self.preprocess, self.spec.class_specific)
+        if self.scorer is not None:
+            self.names = list(self.scorer.labels)
         self.device = next(model.parameters()).device
         self.stems: dict = {}
 
@@ -115,14 +120,25 @@ class Explaining:
         return decode_item(path, self.preprocess, data)
 
     def explain(self, items: list[dict]) -> list[Outcome]:
-        """Decoded items (decode failures among them) -> one Outcome each, in order."""
+        """Decoded items (decode failures among them) -> one Outcome each, in order; with several
+        prompts or references and a method that reads the score, one per item and target."""
+        if self.scorer is None or not self.spec.class_specific:
+            return self.explain_column(items, self.options.category_index)
+        outcomes = []
+        for column in range(len(self.scorer)):
+            explained = self.explain_column(items, column)
+            outcomes += explained if column == 0 else [o for o in explained if o.image is not None]
+        return outcomes
+
+    def explain_column(self, items: list[dict], category) -> list[Outcome]:
+        """explain() for one class (or prompt, or reference) column."""
         outcomes = [Outcome(item["path"], error=item["error"]) for item in items]
         good = [(index, item) for index, item in enumerate(items) if not item["error"]]
         if not good:
             return outcomes
         try:
             x = torch.stack([item["tensor"] for _, item in good])
-            result = self.explainer.explain(x, self.options.category_index)
+            result = self.explainer.explain(x, category, target=self.scorer)
         # A batch the model or the method cannot take fails its own images, and the run goes on;
         # that includes running out of memory on a device (a RuntimeError).
         except (ValueError, RuntimeError) as error:
@@ -148,10 +164,15 @@ class Explaining:
         path, image = item["path"], item["image"]
         class_specific = self.spec.class_specific
         request = self.request(path)
+        label = target if self.scorer is None else target_label(self.scorer, target)
+        if self.scorer is not None:  # one entry per prompt or reference, each its own request
+            request["parameters"] = {**request["parameters"], self.scorer.kind: self.scorer.labels[target]}
+            request["request"] = request_id({k: request[k] for k in ("input", "method", "parameters")},
+                                            self.identity["weights"])
         top = top_classes(logits, self.names, max(1, self.options.topk))
         return ExplainedImage(
             input=Path(request["input"]) if not is_uri(path) else request["input"],
-            base=self.base_for(path, target if class_specific else None),
+            base=self.base_for(path, label if class_specific else None),
             image=image, box=self.preprocess.visible_box(image.shape[1], image.shape[0]), mask=mask,
             head_masks=head_masks,
             entry={
@@ -163,7 +184,8 @@ class Explaining:
                 "topk": top[:self.options.topk] if self.names else [],
                 "predicted": top[0],
                 # a class-agnostic map explains no class, whatever --category_index said
-                "target": "class" if class_specific else "class-agnostic",
+                "target": (self.scorer.kind if self.scorer is not None else "class") if class_specific
+                else "class-agnostic",
                 "explained_class": {"index": target, "label": self.names[target] if self.names else str(target)}
                 if class_specific else None,
             })

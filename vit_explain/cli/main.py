@@ -126,6 +126,12 @@ def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
 @click.option("--category_index", "--category-index", "category_index", type=click.IntRange(min=0),
               default=DEFAULTS.category_index,
               help="Class to explain (gradient rollout). Default: each image's predicted class.")
+@click.option("--prompt", "prompts", multiple=True, metavar="TEXT",
+              help="Explain the image's similarity to this text (CLIP-family models); repeat it for one map per "
+                   "prompt.")
+@click.option("--reference", "references", multiple=True, type=click.Path(path_type=Path, dir_okay=False),
+              help="Explain the image's similarity to this reference image (CLIP-family models, DINOv2 and other "
+                   "headless backbones); repeatable.")
 @click.option("--workers", type=click.IntRange(min=0), default=DEFAULTS.workers,
               help="Image-decoding worker processes. Default: up to 4 for folders, none for one batch.")
 @run_options("Where overlays, masks and manifest.json go.")
@@ -163,7 +169,8 @@ def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
     if use_cuda:
         kwargs["device"] = "cuda"
     if kwargs["method"] is None:
-        kwargs["method"] = DEFAULT_CLASS_SPECIFIC_METHOD if kwargs["category_index"] is not None else DEFAULT_METHOD
+        targeted = kwargs["category_index"] is not None or kwargs["prompts"] or kwargs["references"]
+        kwargs["method"] = DEFAULT_CLASS_SPECIFIC_METHOD if targeted else DEFAULT_METHOD
     spec = METHODS[kwargs["method"]]
     if kwargs["compat"] and not spec.compat:
         compatible = ", ".join(name for name, other in METHODS.items() if other.compat)

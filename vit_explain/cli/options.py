@@ -21,6 +21,8 @@ class Options:
     image_path: Path | None = None
     method: str | None = None              # None: rollout, or grad-rollout when a class is named
     category_index: int | None = None      # None: each image's predicted class
+    prompts: tuple[str, ...] = ()          # explain the similarity to each text prompt (CLIP-family), one map each
+    references: tuple[Path, ...] = ()      # ... or to each reference image (models with an embedding)
     # the model
     model: str = "deit_tiny_patch16_224"
     hub: str | None = None
@@ -75,8 +77,10 @@ def model_options(command):
     """--model, --hub, --checkpoint, --device, --use_cuda."""
     return _apply(command, [
         click.option("--model", default=DEFAULTS.model,
-                     help="timm model name (pretrained weights), local-dir:FOLDER for a saved timm model, or "
-                          "hf:NAME_OR_FOLDER for a Hugging Face transformers ViT classifier (the hf extra)."),
+                     help="timm model name (pretrained weights), local-dir:FOLDER for a model saved by timm or by "
+                          "transformers' save_pretrained, hf:NAME_OR_FOLDER for a Hugging Face transformers ViT "
+                          "classifier, CLIPModel, SiglipModel or Dinov2Model (the hf extra), or "
+                          "open_clip:ARCH/PRETRAINED or open_clip:FOLDER (the clip extra)."),
         click.option("--hub", default=DEFAULTS.hub, metavar="REPO",
                      help="Load --model as an entry point of this torch hub repo "
                           "(e.g. facebookresearch/deit:main) or local hub folder."),

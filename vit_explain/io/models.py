@@ -9,14 +9,17 @@ import torch
 from torch import nn
 
 from .hub import ModelLoadError
+from .open_clip_models import OPEN_CLIP_PREFIX, load_open_clip
 from .timm_models import LOCAL_DIR, load_local_dir, load_timm
 from .torch_hub import load_hub
-from .transformers_models import HF_PREFIX, load_transformers
+from .transformers_models import HF_PREFIX, load_transformers, saved_by_transformers
 
 # prefix -> loader of what follows the prefix
 LOADERS = {
-    LOCAL_DIR: load_local_dir,    # a folder saved by timm (save_for_hf)
-    HF_PREFIX: load_transformers,  # a Hugging Face transformers classifier: hub name or folder
+    # a folder saved by timm (save_for_hf), or by transformers (save_pretrained: config.json has a model_type)
+    LOCAL_DIR: lambda source: (load_transformers if saved_by_transformers(source) else load_local_dir)(source),
+    HF_PREFIX: load_transformers,  # a Hugging Face transformers model: hub name or folder
+    OPEN_CLIP_PREFIX: load_open_clip,  # an OpenCLIP model: ARCH/PRETRAINED or a folder
 }
 
 

@@ -36,13 +36,17 @@ def load_transformers(source: str) -> nn.Module:
     offline = not local and not reachable(constants.ENDPOINT)
     try:
         with quiet(transformers), hf_offline(local or offline):
-            check_config(read_config(where, local), where)
+            raw = read_config(where, local)
+            check_config(raw, where)
+            # CLIP, SigLIP, DINOv2: the model itself (its embedding), not an image classifier head
+            embedding = raw.get("model_type") in EMBEDDING_MODEL_TYPES
+            auto = transformers.AutoModel if embedding else transformers.AutoModelForImageClassification
             config = transformers.AutoConfig.from_pretrained(where)
-            check_fits_memory(lambda: transformers.AutoModelForImageClassification.from_config(config),
-                              f"the model {shown(where)}")
-            model, info = transformers.AutoModelForImageClassification.from_pretrained(where, output_loading_info=True)
+            check_fits_memory(lambda: auto.from_config(config), f"the model {shown(where)}")
+            model, info = auto.from_pretrained(where, output_loading_info=True)
             check_complete(info, source)
-            processor = image_processor(transformers, where, model.config)
+            processor = image_processor(transformers, where, vision_config(model.config))
+            tokenizer = text_tokenizer(transformers, where) if embedding else None
     except ModelLoadError:
         raise
     # not found, not cached, not an image classifier, a broken config or weights file: transformers,
@@ -57,9 +61,38 @@ def load_transformers(source: str) -> nn.Module:
             raise ModelLoadError(f"the weights of {source!r} do not fit the architecture its config.json "
                                  "describes (tensor sizes differ)") from None
         raise ModelLoadError(f"cannot load {source!r} with transformers: {first_line(error)}") from None
-    model.pretrained_cfg = data_config(processor, model.config)
-    model.num_classes = int(model.config.num_labels)
+    model.pretrained_cfg = data_config(processor, vision_config(model.config), classes=not embedding)
+    model.num_classes = 0 if embedding else int(model.config.num_labels)
+    if tokenizer is not None:
+        model.tokenizer = tokenizer  # the adapter tokenizes --prompt with it
     return model
+
+
+# config.json's model_type of the transformers models vit-explain explains by their embedding
+EMBEDDING_MODEL_TYPES = ("clip", "siglip", "dinov2")
+
+
+def vision_config(config):
+    """The image tower's config (CLIP and SigLIP keep it apart from the text tower's)."""
+    return getattr(config, "vision_config", None) or config
+
+
+def text_tokenizer(transformers, source: str):
+    """The tokenizer saved with the model; None without one (DINOv2 has no text tower)."""
+    try:
+        return transformers.AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def saved_by_transformers(source: str) -> bool:
+    """Whether a folder was written by transformers' save_pretrained: its config.json names a
+    "model_type" (timm's save_for_hf writes "architecture" instead)."""
+    try:
+        config = json.loads((Path(source).expanduser() / "config.json").read_bytes())
+    except (OSError, ValueError):
+        return False  # the timm loader explains what is wrong with the folder
+    return isinstance(config, dict) and isinstance(config.get("model_type"), str) and "architecture" not in config
 
 
 def check_complete(info: dict, source: str) -> None:
@@ -123,21 +156,32 @@ def image_processor(transformers, source: str, config):
         return transformers.ViTImageProcessor(size={"height": side, "width": side})
 
 
-def data_config(processor, config) -> dict:
+def data_config(processor, config, classes: bool = True) -> dict:
     """The processor's resize and normalisation as a timm data config: the image is resized to
-    (height, width) without keeping its aspect (timm's "squash"), as ViTImageProcessor does."""
+    (height, width) without keeping its aspect (timm's "squash"), as ViTImageProcessor does; or,
+    for processors that resize the shortest edge and crop the centre (CLIP's, DINOv2's), the same
+    as timm's centre crop (crop_pct = crop / shortest edge)."""
     size = getattr(processor, "size", None) or {}
-    if "height" not in size or "width" not in size:
+    height, width, crop = size.get("height"), size.get("width"), {}
+    if "shortest_edge" in size and height is None:
+        edge = int(size["shortest_edge"])
+        crop = getattr(processor, "crop_size", None) if getattr(processor, "do_center_crop", False) else None
+        height, width = (int(crop["height"]), int(crop["width"])) if crop else (edge, edge)
+        crop = {"crop_pct": height / edge, "crop_mode": "center"}
+    if height is None or width is None:
         raise ModelLoadError(f"the image processor {type(processor).__name__} resizes by {dict(size)}; "
-                             "vit-explain reads processors that resize to a height and width (ViT's)")
+                             "vit-explain reads processors that resize to a height and width (ViT's, SigLIP's) "
+                             "or the shortest edge (CLIP's, DINOv2's)")
     normalize = getattr(processor, "do_normalize", True)
     labels = getattr(config, "id2label", None) or {}
     return {
-        "input_size": (int(getattr(config, "num_channels", 3)), int(size["height"]), int(size["width"])),
+        "input_size": (int(getattr(config, "num_channels", 3)), int(height), int(width)),
         "interpolation": Image.Resampling(getattr(processor, "resample", Image.Resampling.BILINEAR)).name.lower(),
         "mean": tuple(processor.image_mean) if normalize else (0.0, 0.0, 0.0),
         "std": tuple(processor.image_std) if normalize else (1.0, 1.0, 1.0),
         "crop_pct": 1.0,
         "crop_mode": "squash",
-        "label_names": [labels.get(i, labels.get(str(i), f"class {i}")) for i in range(int(config.num_labels))],
+        **crop,
+        "label_names": [labels.get(i, labels.get(str(i), f"class {i}")) for i in range(int(config.num_labels))]
+        if classes else [],
     }

@@ -6,6 +6,7 @@ recorded, prefix tokens, pooling, grid) is asked of the explainer's `adapter` (s
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -16,6 +17,7 @@ from torch import nn
 from ..math import check_discard_ratio, check_head_fusion, readout_rows, scale_to_max, tokens_to_grid
 from ..recording import DEFAULT_ATTENTION_LAYER, LayerError, RecordingSession, resolve_targets
 from .adapters import Adapter, TokenLayout, adapter_for
+from .targets import explains_targets
 
 COMPAT_MODES = (None, "vit-explain")
 
@@ -136,6 +138,14 @@ class Explainer:
     has_layer_maps = False       # explain(x, per_layer=True) fills Explanation.layer_masks
     has_layer_head_maps = False  # ... and Explanation.layer_head_masks
 
+    def __init_subclass__(cls, **kwargs):
+        # Every method's explain takes target= (a class, Prompt or Reference; see targets.py) without
+        # knowing about it: the target sets the adapter's scorer around the method's own explain.
+        super().__init_subclass__(**kwargs)
+        explain = cls.__dict__.get("explain")
+        if explain is not None and not getattr(explain, "explains_targets", False):
+            cls.explain = explains_targets(explain)
+
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
         if not isinstance(attention_layer_name, str) or not attention_layer_name:
             raise LayerError(f"attention_layer_name must be a module name (a non-empty str); "
@@ -164,9 +174,10 @@ class Explainer:
                              f"(largest {torch.finfo(x.dtype).max:g})")
         return x
 
-    def __call__(self, input_tensor: torch.Tensor, category_index=None) -> np.ndarray:
-        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise."""
-        masks = self.explain(input_tensor, category_index).masks.cpu().numpy()
+    def __call__(self, input_tensor: torch.Tensor, category_index=None, target=None) -> np.ndarray:
+        """float32 numpy mask: (gh, gw) for a batch of one, (B, gh, gw) otherwise. target: a class,
+        `Prompt(...)` or `Reference(...)` (vit_explain.methods.targets)."""
+        masks = self.explain(input_tensor, category_index, target=target).masks.cpu().numpy()
         return masks[0] if masks.shape[0] == 1 else masks
 
 
@@ -252,10 +263,13 @@ class AttentionExplainer(Explainer):
                 gradients = [g.detach() for g in self.gradients_of(rec, logits, targets)]
                 check_gradients_flow(self.model, gradients)
             attentions = [a.detach() for a in rec.attentions]
+            readout = pool_readout(rec)
             tapped = getattr(rec, "tapped", None)
             taps = None if tapped is None else {name: [t.detach() for t in items] for name, items in tapped.items()}
         check_attention_shapes(self.model, attentions, x.shape[0])
         layout = self.adapter.layout(tuple(x.shape[-2:]), attentions[0].shape[-1])
+        if readout is not None:
+            layout = dataclasses.replace(layout, pooling="map", readout=readout)
         if self.compat:
             layout = TokenLayout(1, "token", layout.grid)  # the original read R[0, 0, 1:]
         return Recording(attentions, gradients, logits.detach(), targets, layout, taps)
@@ -292,8 +306,20 @@ class AttentionExplainer(Explainer):
         return self.adapter.block_count()
 
 
+def pool_readout(rec) -> torch.Tensor | None:
+    """The attention pool's (B, 1, N) weights where the recorder (or the one it wraps) recorded them."""
+    while rec is not None:
+        readout = getattr(rec, "readout", None)
+        if readout is not None:
+            return readout.detach()
+        rec = getattr(rec, "attention", None)
+    return None
+
+
 def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:
     """(B, 1, N) rows the classifier reads, in the attention's dtype and device."""
+    if layout.readout is not None:  # an attention pool's recorded weights
+        return layout.readout.to(dtype=attentions[0].dtype, device=attentions[0].device)
     batch, n = attentions[0].shape[0], attentions[0].shape[-1]
     return readout_rows(batch, n, layout.num_prefix, layout.pooling,
                         dtype=attentions[0].dtype, device=attentions[0].device)

@@ -19,6 +19,7 @@ from .cait import CaitAttentionRecorder, is_cait
 from .huggingface import HuggingFaceAttentionRecorder, is_huggingface_model
 from .modules import (DEFAULT_ATTENTION_LAYER, DEFAULT_TARGET_SUFFIX, LayerError, default_target_layer,
                       find_attention_modules, find_module)
+from .latent_pool import LatentPoolAttentionRecorder, is_latent_pool, pool_attention
 from .multihead import MultiheadAttentionRecorder, check_multihead, find_multihead_attention
 from .recorder import AttentionRecorder
 from .session import RecordingSession
@@ -26,7 +27,7 @@ from .taps import Tap, TapRecorder
 from .targets import resolve_targets, target_score
 
 __all__ = ["DEFAULT_ATTENTION_LAYER", "DEFAULT_TARGET_SUFFIX", "ActivationRecorder", "AttentionRecorder",
-           "BlockScoreRecorder", "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LayerError",
+           "BlockScoreRecorder", "CaitAttentionRecorder", "HuggingFaceAttentionRecorder", "LatentPoolAttentionRecorder", "LayerError",
            "MultiheadAttentionRecorder", "RecordingSession", "Tap", "TapRecorder", "check_multihead",
            "default_target_layer", "find_attention_modules", "find_module", "find_multihead_attention", "is_cait",
-           "is_huggingface_model", "resolve_targets", "target_score"]
+           "is_huggingface_model", "is_latent_pool", "pool_attention", "resolve_targets", "target_score"]

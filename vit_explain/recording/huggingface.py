@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .multihead import MultiheadAttentionRecorder
 from .session import HookSnapshot, RecordingSession
 
 # Set by transformers >= 5 on (sub)models once its output-capturing hooks are installed.
@@ -91,11 +92,16 @@ class HuggingFaceAttentionRecorder(RecordingSession):
     """
 
     def __init__(self, model: nn.Module, gradients: bool = False, interpolate_pos_encoding: bool = False,
-                 reduce=None):
+                 reduce=None, call=None, pool: nn.Module | None = None):
+        """call(x, **kwargs) -> (scores, attentions), for models whose output is not `.logits`
+        (CLIP, SigLIP, DINOv2): kwargs are the ones the recorder asks the vision tower for. pool: an
+        nn.MultiheadAttention that pools the last tokens (SigLIP's head), recorded as `readout`."""
         if not is_huggingface_model(model):
             raise ValueError(f"{type(model).__name__} is not a Hugging Face transformers model")
         super().__init__(model, gradients=gradients, reduce=reduce)
         self.interpolate_pos_encoding = interpolate_pos_encoding
+        self.outputs_of = call or self._classifier_outputs
+        self.pool = None if pool is None else MultiheadAttentionRecorder(pool, gradients=gradients)
         self.attentions: list[torch.Tensor] = []
         self._hooks = HookSnapshot(model, HF_HOOK_FLAGS)
         self._attn = AttnImplementation(model)
@@ -103,26 +109,42 @@ class HuggingFaceAttentionRecorder(RecordingSession):
     def install(self) -> None:
         self._hooks.save()
         self._attn.save()
+        if self.pool is not None:
+            self.pool.__enter__()
 
     def _restore(self) -> None:
+        if self.pool is not None:
+            self.pool.__exit__(None, None, None)
         self._attn.restore()
         super()._restore()
         self._hooks.restore()  # transformers adds hooks of its own on the first output_attentions call
+
+    def _classifier_outputs(self, x: torch.Tensor, **kwargs):
+        outputs = self.model(pixel_values=x, **kwargs)
+        return outputs.logits, getattr(outputs, "attentions", None)
 
     def run(self, x: torch.Tensor) -> torch.Tensor:
         kwargs = {"output_attentions": True, "return_dict": True}
         if self.interpolate_pos_encoding:
             kwargs["interpolate_pos_encoding"] = True
-        outputs = self.model(pixel_values=x, **kwargs)
-        attentions = getattr(outputs, "attentions", None)
+        scores, attentions = self.outputs_of(x, **kwargs)
         if not attentions or any(a is None for a in attentions):
             raise RuntimeError(f"{type(self.model).__name__} returned no attention weights with "
                                "output_attentions=True and eager attention")
         self.attentions = [self.reduced(a) for a in attentions]
-        return outputs.logits
+        return scores
+
+    @property
+    def readout(self) -> torch.Tensor | None:
+        """(B, 1, N) the pooling attention's row, heads averaged (with a pool)."""
+        if self.pool is None or not self.pool.attentions:
+            return None
+        return self.pool.attentions[-1].mean(dim=1)[:, :1]
 
     def reset(self) -> None:
         self.attentions = []
+        if self.pool is not None:
+            self.pool.reset()
 
     def attention_gradients(self, logits: torch.Tensor, targets) -> list[torch.Tensor]:
         """dL/dA for every layer's attention, keyed by layer; L = sum of each sample's target logit."""

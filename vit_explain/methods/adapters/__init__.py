@@ -16,15 +16,19 @@ from ...recording import DEFAULT_ATTENTION_LAYER
 from .base import Adapter, TokenLayout, check_input_shape
 from .cait import CaitAdapter
 from .huggingface import HuggingFaceViTAdapter
+from .huggingface_embedding import HuggingFaceEmbeddingAdapter
+from .open_clip import OpenCLIPAdapter
 from .swin import SwinAdapter
 from .timm import TimmAdapter, token_layout
 from .torchvision import TorchvisionViTAdapter
 
 ADAPTERS: tuple[type[Adapter], ...] = (
+    HuggingFaceEmbeddingAdapter,  # transformers CLIPModel, SiglipModel, Dinov2Model (embeddings, prompts)
     HuggingFaceViTAdapter,   # transformers ViTForImageClassification
     CaitAdapter,             # timm CaiT (self-attention, then class-attention blocks)
     SwinAdapter,             # timm Swin: windowed attention, Grad-CAM only
     TorchvisionViTAdapter,   # torchvision VisionTransformer (nn.MultiheadAttention)
+    OpenCLIPAdapter,         # open_clip CLIP with a ViT image tower (nn.MultiheadAttention; prompts)
     TimmAdapter,             # every other timm ViT-style model (the fallback)
 )
 
@@ -39,5 +43,5 @@ def adapter_for(model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_
     raise ValueError(f"no adapter explains {type(model).__name__}")
 
 
-__all__ = ["ADAPTERS", "Adapter", "CaitAdapter", "HuggingFaceViTAdapter", "SwinAdapter", "TimmAdapter",
+__all__ = ["ADAPTERS", "Adapter", "CaitAdapter", "HuggingFaceEmbeddingAdapter", "HuggingFaceViTAdapter", "OpenCLIPAdapter", "SwinAdapter", "TimmAdapter",
            "TokenLayout", "TorchvisionViTAdapter", "adapter_for", "check_input_shape", "token_layout"]

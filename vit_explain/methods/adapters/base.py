@@ -21,6 +21,11 @@ An adapter is the only owner of model knowledge. The explainers ask it:
   projection's input), `residual_taps()` (the tokens after the attention's residual add) and
   `feature_tap()` (the pooled features the classifier reads); a ValueError naming the model for
   families where vit-explain does not know them;
+* `targets`: what the model's scores can be (see `vit_explain.methods.targets`): "class" (its
+  logits), "prompt" (similarity to text prompts: a text tower) and "reference" (similarity to
+  reference images: an embedding output); `image_embedding(x)`, `text_embedding(texts)` and
+  `prompt_scale()` for the last two. While a prompt or reference is explained, `scorer` maps
+  the image embedding to its scores, and `logits` and `scores_of_tokens` apply it (`scored`);
 * `example()`: a small random-init model of the family (no download), on which the contract
   tests (tests/test_contracts.py) run every method of the method table.
 
@@ -30,7 +35,9 @@ requires_grad, fused-attention flags, hooks, also when a call raises). The recor
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import contextlib
 
 import torch
 from torch import nn
@@ -41,8 +48,12 @@ from ...recording import ActivationRecorder, RecordingSession, Tap, default_targ
 @dataclass(frozen=True)
 class TokenLayout:
     num_prefix: int            # class / distillation / register tokens before the patches
-    pooling: str               # "token": the classifier reads token 0; "avg": the mean of the patches
+    pooling: str               # "token": the classifier reads token 0; "avg": the mean of the patches;
+                               # "map": an attention pool reads the tokens with the weights in readout
     grid: tuple[int, int]      # (gh, gw) patch grid
+    # (B, 1, N) the attention pool's weights over the tokens (heads averaged), recorded with the
+    # blocks' attention: the last step of rollout for "map" pooling; None for the other poolings
+    readout: torch.Tensor | None = field(default=None, compare=False)
 
 
 def pair(value) -> tuple[int, int]:
@@ -78,9 +89,36 @@ class Adapter:
     # Whether the blocks' token-to-token attention can be recorded: the attention methods
     # (rollout, Chefer, raw attention, flow) need it; Grad-CAM does not.
     token_attention = True
+    targets: tuple[str, ...] = ("class",)
 
     def __init__(self, model: nn.Module):
         self.model = model
+        self.scorer = None  # embedding (B, D) -> scores (B, K) while a prompt or reference is explained
+
+    @contextlib.contextmanager
+    def scoring(self, scorer):
+        """The model's scores are scorer(image embedding) inside the block."""
+        saved, self.scorer = self.scorer, scorer
+        try:
+            yield
+        finally:
+            self.scorer = saved
+
+    def scored(self, output: torch.Tensor) -> torch.Tensor:
+        """The model's output (logits, or its embedding) as the explained scores."""
+        return output if self.scorer is None else self.scorer(output)
+
+    def image_embedding(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D) the image embedding (models with "reference" or "prompt" in targets)."""
+        return self.model(x)
+
+    def text_embedding(self, texts: list[str]) -> torch.Tensor:
+        """(P, D) the text embedding of each prompt, in the image embedding's space."""
+        raise ValueError(f"{type(self.model).__name__} has no text tower")
+
+    def prompt_scale(self) -> tuple:
+        """(scale, bias) the model applies to cosine similarities to make its logits (bias may be None)."""
+        return None, None
 
     @classmethod
     def matches(cls, model: nn.Module, attention_layer_name: str) -> bool:
@@ -96,11 +134,17 @@ class Adapter:
         """A small random-init model of this family in eval mode, the same on every call."""
         raise NotImplementedError
 
+    @classmethod
+    def example_target(cls):
+        """What the contract tests explain on `example()`: None (its classes), or a Prompt or
+        Reference with 5 prompts or references for a model without classes."""
+        return None
+
     def check_input(self, input_tensor) -> None:
         raise NotImplementedError
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
+        return self.scored(self.model(x))
 
     def recorder(self, gradients: bool, reduce=None) -> RecordingSession:
         raise NotImplementedError

@@ -13,7 +13,8 @@ from functools import partial
 import torch
 from torch import nn
 
-from ...recording import DEFAULT_ATTENTION_LAYER, AttentionRecorder, Tap, find_attention_modules
+from ...recording import (DEFAULT_ATTENTION_LAYER, AttentionRecorder, LatentPoolAttentionRecorder, Tap,
+                          find_attention_modules, is_latent_pool)
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded, sharpen_attention
 
 MAX_PREFIX_TOKENS = 32  # class + distillation + registers; more would be a misread grid
@@ -28,6 +29,8 @@ def num_prefix_tokens(model: nn.Module) -> int:
 
 def pooling_of(model: nn.Module) -> str:
     pooled = getattr(model, "global_pool", "token")
+    if pooled == "map" and is_latent_pool(getattr(model, "attn_pool", None)):
+        return "map"
     return "token" if pooled == "token" and num_prefix_tokens(model) > 0 else "avg"
 
 
@@ -108,9 +111,21 @@ def vit_blocks(model: nn.Module) -> list[nn.Module]:
     return found
 
 
+def is_headless(model: nn.Module) -> bool:
+    """A backbone without a classifier (DINOv2, a SigLIP image tower, num_classes=0): its output is
+    its pooled embedding."""
+    return getattr(model, "num_classes", None) == 0
+
+
 class TimmAdapter(Adapter):
     """timm ViT-style models, and the fallback for any other module: hooks on the module named
-    attention_layer_name (a dotted-name suffix, default `attn_drop`) in every block."""
+    attention_layer_name (a dotted-name suffix, default `attn_drop`) in every block. Headless
+    models (num_classes=0) explain reference images; attention-pooled models (SigLIP's
+    global_pool="map") have their pool's attention recorded as the last step of rollout."""
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        return ("reference",) if is_headless(self.model) else ("class",)
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
         super().__init__(model)
@@ -138,6 +153,9 @@ class TimmAdapter(Adapter):
         check_input(self.model, input_tensor)
 
     def recorder(self, gradients: bool, reduce=None) -> AttentionRecorder:
+        if pooling_of(self.model) == "map":
+            return LatentPoolAttentionRecorder(self.model, self.model.attn_pool, self.attention_layer_name,
+                                               gradients=gradients, reduce=reduce, call=self.logits)
         return AttentionRecorder(self.model, self.attention_layer_name, gradients=gradients, reduce=reduce,
                                  call=self.logits)
 
@@ -164,8 +182,8 @@ class TimmAdapter(Adapter):
             # Every token replaced by the normalised mean of all tokens: whatever the model's own
             # pooling (class token, average, attention pool), it then reads norm(mean), and
             # forward_head adds its fc_norm and head(s) as the model does.
-            return self.model.forward_head(norm(tokens.mean(dim=1, keepdim=True)).expand_as(tokens))
-        return self.model.forward_head(norm(tokens))
+            return self.scored(self.model.forward_head(norm(tokens.mean(dim=1, keepdim=True)).expand_as(tokens)))
+        return self.scored(self.model.forward_head(norm(tokens)))
 
     def attention_modules(self):
         return [block.attn for block in vit_blocks(self.model)]
