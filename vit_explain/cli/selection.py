@@ -77,8 +77,11 @@ def added_outputs(specs, per_layer: str | None, sheet: bool) -> tuple[str, ...]:
         if unknown or not formats:
             raise click.BadParameter(f"unknown format {', '.join(unknown) or '(none)'}; choose from "
                                      f"{', '.join(PER_LAYER)} (comma-separated)", param_hint="--per-layer")
+        if not any(gives(spec, "layers") for spec in specs):
+            givers = ", ".join(s.name for s in METHODS.values() if gives(s, "layers"))
+            raise click.BadParameter(f"{methods_text(specs)}: no per-block maps (methods with them: {givers})",
+                                     param_hint="--per-layer")
         added += [PER_LAYER[f] for f in formats]
-        check_owned(specs, added, "--per-layer")
         if "strip" in formats and any(gives(spec, "heads-blocks") for spec in specs):
             added.append("heads-blocks")
     if sheet:

@@ -217,13 +217,18 @@ class FolderSheetSink:
     folder, written at close(). Keeps only thumbnails (about 50 kB per image and method)."""
     name = "folder-sheet"
     prefix = "sheet_"
+    # the defaults: a page stays readable (12 rows of 128-pixel cells, 8 method columns) and a
+    # run of thousands of images keeps 96 images' thumbnails in memory, not all of them
+    MAX_IMAGES, ROWS_PER_PAGE, METHODS_PER_PAGE, CELL = 96, 12, 8, 128
 
-    def __init__(self, options, methods: Sequence[str] | None = None, max_images: int = 96,
-                 rows_per_page: int = 12, methods_per_page: int = 8, cell: int = 128):
+    def __init__(self, options, methods: Sequence[str] | None = None, max_images: int | None = None,
+                 rows_per_page: int | None = None, methods_per_page: int | None = None, cell: int | None = None):
         self.options = options
         self.methods = list(methods) if methods else None  # None: in the order they arrive
-        self.max_images, self.rows_per_page, self.methods_per_page = max_images, rows_per_page, methods_per_page
-        self.cell = cell
+        self.max_images = max_images or self.MAX_IMAGES
+        self.rows_per_page = rows_per_page or self.ROWS_PER_PAGE
+        self.methods_per_page = methods_per_page or self.METHODS_PER_PAGE
+        self.cell = cell or self.CELL
         self.rows: dict[str, figures.SheetRow] = {}
         self.order: list[str] = []  # the kept inputs, sorted
         self.seen_methods: list[str] = []
