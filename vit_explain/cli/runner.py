@@ -399,26 +399,25 @@ class Run:
             raise self.stop
 
     def close_sinks(self) -> None:
-        """Close every sink once, the manifest last, with this run's counts and sheet pages."""
+        """Close every sink once (the folder sheet writes its pages, the table its last part), then
+        save the manifest with this run's counts and pages, also when a sink could not close."""
         sinks = list({id(sink): sink for lane in self.lanes for sink in lane.sinks}.values())
+        problem = None
         try:
             close_all(sinks)
         except OSError as error:
-            report(f"cannot write the sheets or the table: {error.strerror or error}")
-            if not self.table:
-                raise CommandError(f"cannot save the manifest in {shown(self.options.output_dir)}: "
-                                   f"{error.strerror or error}", EXIT_OUTPUT) from None
-            raise
-        finally:
-            if self.manifest is not None and self.folder_sheet is not None and self.folder_sheet.pages:
-                self.manifest.header["runs"][-1]["sheets"] = [str(p) for p in self.folder_sheet.pages]
-            if not self.table:  # this run's counts, in the manifest it saves now
-                self.manifest.header["runs"][-1].update(counts=self.counts(), finished=now())
-                try:
-                    self.manifest.close()
-                except OSError as error:
-                    raise CommandError(f"cannot save the manifest in {shown(self.options.output_dir)}: "
-                                       f"{error.strerror or error}", EXIT_OUTPUT) from None
+            problem = error
+        if self.manifest is not None and self.folder_sheet is not None and self.folder_sheet.pages:
+            self.manifest.header["runs"][-1]["sheets"] = [str(p) for p in self.folder_sheet.pages]
+        if not self.table:  # this run's counts, in the manifest it saves now
+            self.manifest.header["runs"][-1].update(counts=self.counts(), finished=now())
+            try:
+                self.manifest.close()
+            except OSError as error:
+                problem = problem or error
+        if problem is not None:
+            raise CommandError(f"cannot save the manifest in {shown(self.options.output_dir)}: "
+                               f"{problem.strerror or problem}", EXIT_OUTPUT)
 
     def settle(self, path, found: list[tuple[Lane, Outcome]]) -> None:
         """One input's outcomes, a method each: failures recorded here (a decoding error, the same
@@ -473,8 +472,13 @@ class Run:
         stem = self.explaining.stems.get(path)
         if len(self.plan.get(path, self.lanes)) < len(self.lanes):
             sheet = self.sheet.path(stem)
+            try:
+                size = sheet.stat().st_size
+            except OSError as error:  # removed since the run began: the next run redoes the image
+                report(f"{shown(path)}: its comparison sheet is gone: {error.strerror or error}")
+                return False
             for item in items:
-                item.outputs[self.sheet.name], item.output_bytes[self.sheet.name] = str(sheet), sheet.stat().st_size
+                item.outputs[self.sheet.name], item.output_bytes[self.sheet.name] = str(sheet), size
             return True
         if self.table and len(items) < len(self.lanes):
             return True  # the table keeps no record of sheets: never replace a whole one by a partial one
