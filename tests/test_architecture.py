@@ -63,7 +63,7 @@ def test_rooms_import_only_the_rooms_below_them(room):
 
 def test_the_scan_sees_relative_imports():
     # a check that cannot fail is a defect: the cli imports every room, methods two
-    assert imported_rooms(PACKAGE / "cli" / "runner.py") >= {"io", "methods"}
+    assert imported_rooms(PACKAGE / "cli" / "explaining.py") >= {"io", "methods"}
     assert imported_rooms(PACKAGE / "methods" / "base.py") >= {"math", "recording"}
 
 
@@ -75,4 +75,4 @@ def test_tables_and_help_load_without_torch():
             "main(['--help'])\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "--method [rollout|" in result.stdout
+    assert "--method NAME[,NAME...]" in result.stdout and "--per-layer" in result.stdout

@@ -195,8 +195,8 @@ def test_captions_say_what_a_map_explains(tmp_path):
     assert class_text(item(tmp_path, explained={"index": 1, "label": "dog"}, probability=0.04)) == "dog 4.0%"
 
 
-def test_the_per_image_figure_sinks_write_files_that_decode_and_are_not_in_sinks_yet(tmp_path):
-    assert not set(FIGURE_SINKS) & set(SINKS)  # the run loop registers them
+def test_the_per_image_figure_sinks_write_files_that_decode_and_are_in_sinks(tmp_path):
+    assert all(SINKS[name] is sink for name, sink in FIGURE_SINKS.items())  # --outputs selects them
     o = options(tmp_path)
     layers = dict(layer_masks=RNG.random((3, 4, 4)).astype(np.float32), layer_blocks=[0, 1, 2],
                   layer_head_masks=RNG.random((3, 3, 4, 4)).astype(np.float32), seconds=0.1, probability=0.9)

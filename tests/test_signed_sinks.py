@@ -1,5 +1,5 @@
 """The relevance sinks (io/signed_sinks.py): CP-LRP's signed pixel map as .npy and as a diverging
-overlay, fed the way the run loop will feed them (an ExplainedImage carrying pixel_relevance)."""
+overlay, fed the way the run loop feeds them (an ExplainedImage carrying pixel_relevance)."""
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -30,12 +30,14 @@ def item_for(tmp_path, pixels, mask, size=(60, 90)):
     image = np.full((*size, 3), 200, np.uint8)
     item = ExplainedImage(input=tmp_path / "a.png", base=tmp_path / "out" / "a_cp_lrp_1", image=image,
                           box=(0, 0, size[1], size[0]), mask=mask, head_masks=None, entry={})
-    item.pixel_relevance = pixels  # what the run loop will fill (a field of ExplainedImage then)
+    item.pixel_relevance = pixels  # what the run loop fills
     return item
 
 
-def test_not_registered_yet():
-    assert not set(SINKS) & {sink.name for sink in SIGNED_SINKS}
+def test_registered_and_cp_lrp_writes_them_by_default():
+    from vit_explain.methods.table import METHODS
+    assert all(SINKS[sink.name] is sink for sink in SIGNED_SINKS)
+    assert METHODS["cp-lrp"].extra_outputs == tuple(sink.name for sink in SIGNED_SINKS)
 
 
 def test_writes_the_map_and_a_diverging_overlay(tmp_path, relevance):

@@ -8,6 +8,7 @@ preprocessing, explainer and entries everywhere, so the masks are the same which
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from .common import build_explainer
 from .errors import EXIT_USAGE, CommandError
 from .options import Options
 from .targets import command_target, target_label
+from .selection import needs_layer_maps, selected_sinks
 
 
 def top_classes(logits: torch.Tensor, names: list[str], k: int) -> list[dict]:
@@ -79,6 +81,8 @@ class Explaining:
             self.names = list(self.scorer.labels)
         self.device = next(model.parameters()).device
         self.stems: dict = {}
+        # the per-block figures need the per-block maps; nothing else asks for them (they cost memory)
+        self.per_layer = needs_layer_maps(selected_sinks(options, self.spec))
 
     def method_parameters(self) -> dict:
         """The method's keywords as the explainer took them (Grad-CAM's resolved default layer,
@@ -138,7 +142,9 @@ class Explaining:
             return outcomes
         try:
             x = torch.stack([item["tensor"] for _, item in good])
-            result = self.explainer.explain(x, category, target=self.scorer)
+            started = time.perf_counter()
+            result = self.explainer.explain(x, category, target=self.scorer, per_layer=self.per_layer)
+            seconds = (time.perf_counter() - started) / len(good)  # for the sheets' headers
         # A batch the model or the method cannot take fails its own images, and the run goes on;
         # that includes running out of memory on a device (a RuntimeError).
         except (ValueError, RuntimeError) as error:
@@ -148,6 +154,7 @@ class Explaining:
         # one copy from the device per batch, not one per image
         masks, logits, targets = result.masks.cpu().numpy(), result.logits.cpu(), result.targets.tolist()
         heads = None if result.head_masks is None else result.head_masks.cpu().numpy()
+        extras = figure_fields(result, logits, targets, seconds)
         finite = torch.isfinite(logits).all(dim=1).tolist()
         for number, (index, item) in enumerate(good):
             if not finite[number] or not np.isfinite(masks[number]).all():
@@ -156,11 +163,11 @@ class Explaining:
                 continue
             outcomes[index].image = self.explained_image(item, masks[number],
                                                          None if heads is None else heads[number],
-                                                         logits[number], targets[number])
+                                                         logits[number], targets[number], extras[number])
         return outcomes
 
     def explained_image(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
-                        logits: torch.Tensor, target: int) -> ExplainedImage:
+                        logits: torch.Tensor, target: int, extras: dict | None = None) -> ExplainedImage:
         path, image = item["path"], item["image"]
         class_specific = self.spec.class_specific
         request = self.request(path)
@@ -188,4 +195,17 @@ class Explaining:
                 else "class-agnostic",
                 "explained_class": {"index": target, "label": self.names[target] if self.names else str(target)}
                 if class_specific else None,
-            })
+            }, **(extras or {}))
+
+
+def figure_fields(result, logits: torch.Tensor, targets: list[int], seconds: float) -> list[dict]:
+    """Per image of a batch, what the figure and signed sinks read beyond the mask (ExplainedImage's
+    fields): the time, the explained class's probability, the per-block maps when asked for,
+    and the signed pixel relevance of signed methods."""
+    probabilities = logits.float().softmax(-1)[torch.arange(len(targets)), torch.as_tensor(targets)].tolist()
+    arrays = {name: None if getattr(result, source) is None else getattr(result, source).float().cpu().numpy()
+              for name, source in (("layer_masks", "layer_masks"), ("layer_head_masks", "layer_head_masks"),
+                                   ("pixel_relevance", "pixel_relevance"))}
+    return [{"seconds": seconds, "probability": probabilities[number], "layer_blocks": result.layer_blocks,
+             **{name: None if array is None else array[number] for name, array in arrays.items()}}
+            for number in range(len(targets))]

@@ -13,12 +13,13 @@ import click
 from .._version import __version__
 from ..io.messages import one_line, shown
 from ..io.overlay import COLORMAPS
-from ..io.sinks import DEFAULT_SINKS, SINKS
+from ..io.sinks import DEFAULT_SINKS, OUTPUT_NAMES
 from ..methods.table import DEFAULT_CLASS_SPECIFIC_METHOD, DEFAULT_METHOD, METHODS
 from .engines import ENGINES
 from .errors import (EXIT_INPUT, EXIT_INTERNAL, EXIT_MODEL, EXIT_OUTPUT, EXIT_USAGE, CommandError,
                      cannot_write)
 from .options import DEFAULTS, Options, method_options, model_options, run_options
+from .selection import added_outputs, check_engine_outputs, parse_methods, parse_outputs
 
 EXIT_CODES_HELP = ("Scoring methods: vit-explain evaluate --help. Exit codes: 0 all explained; 1 some "
                    "images failed (the rest were written); 2 bad command line (or the engine's package missing); "
@@ -96,31 +97,16 @@ def check_engine(kwargs: dict) -> None:
             raise CommandError(f"{what} needs the {module} package: pip install 'vit-explain[{extra}]'", EXIT_USAGE)
 
 
-def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
-    """--outputs overlay,mask -> ("overlay", "mask"); None keeps the default set."""
-    if text is None:
-        return None
-    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
-    unknown = [n for n in names if n not in SINKS]
-    if unknown or not names:
-        raise click.BadParameter(f"unknown output {', '.join(unknown) or '(none)'}; choose from "
-                                 f"{', '.join(SINKS)}", param_hint="--outputs")
-    extras = {name for other in METHODS.values() for name in other.extra_outputs}
-    missing = [n for n in names if n in extras and n not in spec.extra_outputs]
-    if missing:
-        raise click.BadParameter(f"{missing[0]} is not an output of {spec.name}", param_hint="--outputs")
-    return names
-
-
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "show_default": True},
                epilog=EXIT_CODES_HELP)
 @click.option("--image_path", "--image-path", "image_path", required=True,
               type=click.Path(path_type=Path),
               help="An image file, a folder searched recursively, a quoted glob ('photos/**/*.jpg'), or a list "
                    "file (.txt/.lst/.list) with one path or URI a line.")
-@click.option("--method", type=click.Choice(list(METHODS)), default=DEFAULTS.method,
-              help=f"Explanation method. Default: {DEFAULT_METHOD}, or {DEFAULT_CLASS_SPECIFIC_METHOD} "
-                   "when --category_index is given.")
+@click.option("--method", default=DEFAULTS.method, metavar="NAME[,NAME...]",
+              help=f"Explanation method ({', '.join(METHODS)}); several, comma-separated, explain every image with "
+                   f"each and add a comparison sheet per image. Default: {DEFAULT_METHOD}, or "
+                   f"{DEFAULT_CLASS_SPECIFIC_METHOD} when --category_index is given.")
 @model_options
 @method_options
 @click.option("--category_index", "--category-index", "category_index", type=click.IntRange(min=0),
@@ -136,9 +122,13 @@ def parse_outputs(spec, text: str | None) -> tuple[str, ...] | None:
               help="Image-decoding worker processes. Default: up to 4 for folders, none for one batch.")
 @run_options("Where overlays, masks and manifest.json go.")
 @click.option("--outputs", "outputs", default=None, metavar="NAMES",
-              help=f"Comma-separated outputs to write: {', '.join(SINKS)}. Default: "
-                   f"{','.join(DEFAULT_SINKS)} and the method's own (raw-attention: heads). "
-                   "manifest.json is always written.")
+              help=f"Comma-separated outputs to write: {', '.join(OUTPUT_NAMES)}. Default: "
+                   f"{','.join(DEFAULT_SINKS)} and the method's own (raw-attention: heads; cp-lrp: relevance, "
+                   "relevance-overlay; several methods: sheet). manifest.json is always written.")
+@click.option("--per-layer", "--per_layer", "per_layer", is_flag=False, flag_value="strip", default=None,
+              metavar="[strip,gif,webp]", help="Also draw the per-block maps: a strip of every block (PNG; with "
+              "raw-attention also its heads x blocks grid), a looping GIF or WebP over the blocks, or several.")
+@click.option("--sheet", is_flag=True, help="Also write sheet_001.png, ...: rows = images, columns = methods.")
 @click.option("--topk", type=click.IntRange(min=1), default=DEFAULTS.topk, help="Top classes listed in the manifest.")
 @click.option("--compat", type=click.Choice(["vit-explain"]), default=DEFAULTS.compat,
               help="Reproduce the original vit-explain exactly (its preprocessing, math and overlay).")
@@ -171,11 +161,16 @@ def explain(use_cuda: bool, debug: bool, **kwargs) -> int:
     if kwargs["method"] is None:
         targeted = kwargs["category_index"] is not None or kwargs["prompts"] or kwargs["references"]
         kwargs["method"] = DEFAULT_CLASS_SPECIFIC_METHOD if targeted else DEFAULT_METHOD
-    spec = METHODS[kwargs["method"]]
-    if kwargs["compat"] and not spec.compat:
-        compatible = ", ".join(name for name, other in METHODS.items() if other.compat)
-        raise click.BadParameter(f"applies to {compatible} only, not {spec.name}", param_hint="--compat")
-    kwargs["outputs"] = parse_outputs(spec, kwargs["outputs"])
+    names = parse_methods(kwargs["method"])
+    kwargs["method"], kwargs["method_list"] = names[0], names if len(names) > 1 else ()
+    specs = [METHODS[name] for name in names]
+    for spec in specs:
+        if kwargs["compat"] and not spec.compat:
+            compatible = ", ".join(name for name, other in METHODS.items() if other.compat)
+            raise click.BadParameter(f"applies to {compatible} only, not {spec.name}", param_hint="--compat")
+    kwargs["outputs"] = parse_outputs(specs, kwargs["outputs"])
+    kwargs["added_outputs"] = added_outputs(specs, kwargs.pop("per_layer"), kwargs.pop("sheet"))
+    check_engine_outputs(kwargs["engine"], names, kwargs["outputs"], kwargs["added_outputs"])
     check_engine(kwargs)
     kwargs["command_line"] = tuple((click.get_current_context().obj or {}).get("argv", ()))
     return ENGINES[kwargs["engine"]].load()(Options(**kwargs))

@@ -40,6 +40,8 @@ class Options:
     workers: int | None = None
     output_dir: Path = Path("vit-explain-out")
     outputs: tuple[str, ...] | None = None  # output sinks; None: overlay, mask and the method's extras
+    method_list: tuple[str, ...] = ()      # --method a,b,...: every method of the run (method: the first)
+    added_outputs: tuple[str, ...] = ()    # added to those by --per-layer and --sheet (see selection.py)
     topk: int = 5
     colormap: str = "jet"
     alpha: float = 0.5

@@ -1,8 +1,9 @@
 """`vit-explain report OUTPUT_DIR`: one self-contained HTML page from a run's outputs.
 
-Read from the folder: manifest.json (and the journal of a run that did not finish), the overlays
-and masks it lists, the inputs it names, and, when `vit-explain evaluate` wrote there,
-evaluation.json and evaluation_curves.json. Written: OUTPUT_DIR/report.html (or --output), every
+Read from the folder: manifest.json (and the journal of a run that did not finish), the overlays,
+masks and figures it lists (comparison sheets, per-block strips, head grids, signed relevance),
+the inputs it names, the pages of `--sheet` (sheet_001.png, ...), and, when `vit-explain
+evaluate` wrote there, evaluation.json and evaluation_curves.json. Written: OUTPUT_DIR/report.html (or --output), every
 picture embedded as a data URI (JPEG thumbnails of the inputs and overlays, PNG figures), no
 script and nothing fetched: a Content-Security-Policy allows data: images and inline styles only.
 No torch import: the page is made in seconds.
@@ -36,7 +37,10 @@ MAX_ANIMATION_BYTES = 3 << 20     # animations are embedded as they are, up to t
 OVERLAY_OUTPUTS = ("overlay", "overlay-jpg")
 FIGURE_OUTPUTS = {"layers": "per-block maps", "layers-webp": "per-block animation",
                   "layers-gif": "per-block animation", "heads-figure": "attention heads",
-                  "heads": "attention heads", "heads-blocks": "attention heads x blocks"}
+                  "heads": "attention heads", "heads-blocks": "attention heads x blocks",
+                  "relevance-overlay": "signed relevance (red for the class, blue against)"}
+SHEET_OUTPUT = "sheet"            # one comparison sheet per image, listed by each of its methods' entries
+FOLDER_SHEETS = "sheet_[0-9][0-9][0-9].png"  # --sheet's pages
 BASELINE_METHODS = ("random", "uniform")
 
 
@@ -173,6 +177,7 @@ class Report:
                  f"{' (report ' + e(__version__) + ')' if self.header.get('vit_explain') not in (None, __version__) else ''}"
                  "</p></header>"]
         parts.append(self.evaluation_section())
+        parts.append(self.sheets_section())
         if self.by_input:
             parts.append("<section id='images'><h2>Images</h2>")
             parts.append("<p class='note'>Each row: the input, then every method's map over it (each map scaled "
@@ -224,7 +229,7 @@ article {{ border-top: 1px solid #e4e4e4; padding-top: .3em; }}
         predicted = "" if not top else f"predicted: {top.get('label')} {percent(top.get('probability'))}"
         cells = [self.cell("input", predicted, None if input_image is None else self.thumb(input_image),
                            "" if input_image is not None else "the input could not be read")]
-        extra = []
+        extra = self.comparison_sheet(entries)
         for entry in entries:
             overlay, note = self.overlay_of(entry, input_image)
             cells.append(self.cell(entry.get("method", "?"), self.class_caption(entry), overlay, note,
@@ -263,6 +268,28 @@ article {{ border-top: 1px solid #e4e4e4; padding-top: .3em; }}
         parameters = entry.get("parameters") or {}
         return ", ".join(f"{k}={v}" for k, v in parameters.items() if v is not None)
 
+    def embedded_figure(self, path: Path, label: str) -> str | None:
+        image = self.picture(path)
+        if image is None:
+            return None
+        image = figures.fit_image(image, MAX_FIGURE_WIDTH)[0]
+        return f"<p>{e(label)}</p><img src='{jpeg_uri(image)}' alt='{e(label)}'>"
+
+    def comparison_sheet(self, entries: list[dict]) -> list[str]:
+        """The image's comparison sheet (every method of a run of several), once: each method's
+        entry lists the same file."""
+        paths = dict.fromkeys(p for p in (self.inside((entry.get("outputs") or {}).get(SHEET_OUTPUT))
+                                          for entry in entries) if p is not None)
+        return [figure for figure in (self.embedded_figure(path, "comparison sheet") for path in paths) if figure]
+
+    def sheets_section(self) -> str:
+        """--sheet's pages (rows = images, columns = methods), as the last run into the folder left them."""
+        pages = [page for page in sorted(self.folder.glob(FOLDER_SHEETS)) if not page.is_symlink()]
+        found = [figure for figure in (self.embedded_figure(page, f"sheet {page.name}") for page in pages) if figure]
+        if not found:
+            return ""
+        return "\n".join(["<section id='sheets' class='figures'><h2>Sheets</h2>", *found, "</section>"])
+
     def figures_of(self, entry: dict) -> list[str]:
         """The method's other figures (per-block strips and animations, head grids), embedded."""
         found = []
@@ -279,10 +306,9 @@ article {{ border-top: 1px solid #e4e4e4; padding-top: .3em; }}
                 continue
             if (name == "heads" and outputs.get("heads-figure")) or (name == "layers-gif" and outputs.get("layers-webp")):
                 continue  # the same picture, better: the labelled grid, the WebP animation
-            image = self.picture(path)
-            if image is not None:
-                image = figures.fit_image(image, MAX_FIGURE_WIDTH)[0]
-                found.append(f"<p>{e(label)}</p><img src='{jpeg_uri(image)}' alt='{e(label)}'>")
+            figure = self.embedded_figure(path, label)
+            if figure is not None:
+                found.append(figure)
         return found
 
     def metadata(self, key: str, entries: list[dict], size) -> str:

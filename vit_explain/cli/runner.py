@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from dataclasses import dataclass
 import json
 import os
 import signal
@@ -40,14 +41,14 @@ from ..io.manifest import Manifest, entry_key
 from ..io.messages import shown
 from ..io.models import ModelLoadError, load_model
 from ..io.outputs import OutputError, OutputLock, check_inputs_outside, check_output_dir, remove_leftovers
-from ..io.sinks import DEFAULT_SINKS, SINKS, ExplainedImage, close_all
+from ..io.sinks import SHEETS, SINKS, ExplainedImage, close_all
 from ..io.table import COLUMNS, DATASET, new_run_id, repair, survey
 from ..io.writer import BackgroundWriter
-from ..methods.table import METHODS
 from .common import misnamed_message, report, resolve_device
 from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, CommandError, cannot_write
 from .explaining import Explaining, Outcome
 from .options import Options
+from .selection import selected_sinks
 
 EXIT_TERMINATED = 128 + signal.SIGTERM  # the shell's code for a process ended by SIGTERM
 
@@ -73,14 +74,13 @@ def sigterm_unwinds():
         signal.signal(signal.SIGTERM, previous)
 
 
-def selected_sinks(options: Options) -> tuple[str, ...]:
-    """The output sinks of a run: --outputs, or the overlay, the mask and the method's extra outputs."""
-    return options.outputs or DEFAULT_SINKS + METHODS[options.method].extra_outputs
-
-
 def writes_table(options: Options) -> bool:
     """The run writes the Parquet table, which is then its per-image record."""
-    return any(getattr(SINKS[name], "table", False) for name in selected_sinks(options))
+    return any(getattr(SINKS.get(name), "table", False) for name in selected_sinks(options))
+
+
+def run_methods(options: Options) -> tuple[str, ...]:
+    return options.method_list or (options.method,)
 
 
 class Group:
@@ -118,11 +118,17 @@ def versions(**more) -> dict:
     return {**found, **more}
 
 
-def run_entry(options: Options, explaining: Explaining, engine: str, **more) -> dict:
-    """This run, as manifest.json's `runs` lists it (counts are added at the end)."""
-    return {"run": explaining.run, "engine": engine, "command_line": list(options.command_line),
-            "started": now(), "method": options.method, "parameters": explaining.parameters,
-            "model": explaining.identity, "outputs": list(selected_sinks(options)), **more}
+def run_entry(options: Options, explaining: Explaining, engine: str, lanes=(), **more) -> dict:
+    """This run, as manifest.json's `runs` lists it (counts are added at the end); a run of
+    several methods lists each with its parameters under `methods`, and every method's outputs."""
+    outputs = list(dict.fromkeys(name for lane in lanes for name in lane.names)) if lanes else \
+        list(selected_sinks(options))
+    entry = {"run": explaining.run, "engine": engine, "command_line": list(options.command_line),
+             "started": now(), "method": options.method, "parameters": explaining.parameters,
+             "model": explaining.identity, "outputs": outputs, **more}
+    if len(lanes) > 1:
+        entry["methods"] = {lane.explaining.options.method: lane.explaining.parameters for lane in lanes}
+    return entry
 
 
 def open_manifest(options: Options, entry: dict, table: bool, **extra_versions) -> Manifest:
@@ -165,6 +171,16 @@ def summary_line(explained: int, failed: int, skipped: int) -> str:
 
 # --- the run ---------------------------------------------------------------------------------------
 
+@dataclass
+class Lane:
+    """One method of a run: its Explaining, the names of its outputs and the sinks that write
+    them (its own file sinks, then the ones the run shares between its methods: the folder sheet
+    and the table, which goes last: its row stands for what the others wrote)."""
+    explaining: Explaining
+    names: tuple[str, ...]
+    sinks: list
+
+
 class Run:
     def __init__(self, options: Options, group: Group | None = None, engine: str = "local"):
         self.group = group or Group()
@@ -177,9 +193,17 @@ class Run:
             model = load_model(options.model, options.hub, options.checkpoint, resolve_device(options.device))
         except ModelLoadError as error:
             raise CommandError(str(error), EXIT_MODEL) from None
-        self.explaining = Explaining(options, model, run=run_id)
+        # one Explaining per method, sharing the model, its fingerprint and the output names
+        methods = run_methods(options)
+        self.explaining = Explaining(dataclasses.replace(options, method=methods[0]), model, run=run_id)
         self.explaining.name_outputs(self.inputs.images, self.inputs.root)
+        explainings = [self.explaining] + [
+            Explaining(dataclasses.replace(options, method=name), model, run=run_id, identity=self.explaining.identity)
+            for name in methods[1:]]
+        for other in explainings[1:]:
+            other.stems = self.explaining.stems
         self.spec = self.explaining.spec
+        self.lanes = self.make_lanes(explainings)
         self.lock = OutputLock(options.output_dir)
         self.manifest: Manifest | None = None
         problem = None
@@ -190,7 +214,7 @@ class Run:
                 remove_leftovers(options.output_dir)  # temporary files of killed runs; ours is the only run now
                 if self.table:
                     repair(Path(options.output_dir) / DATASET)  # journals of killed runs, torn part files
-                self.manifest = open_manifest(options, run_entry(options, self.explaining, engine,
+                self.manifest = open_manifest(options, run_entry(options, self.explaining, engine, self.lanes,
                                                                  processes=self.group.world), self.table)
             except (OutputError, OSError) as error:
                 self.lock.release()
@@ -200,16 +224,36 @@ class Run:
         if problem is not None:
             raise CommandError(problem, EXIT_OUTPUT)
         self.group.barrier()  # the leader has repaired the table: every process reads it whole
-        # the table's row, or the manifest's entry, goes last: it stands for what the others wrote
-        names = sorted(selected_sinks(options), key=lambda name: bool(getattr(SINKS[name], "table", False)))
-        self.sinks = [SINKS[name](options) for name in names]
-        self.rows = self.sinks[-1] if self.table else None
-        if not self.table:
-            self.sinks.append(self.manifest)
         self.explained = self.failed = self.skipped = 0
         self._lock = threading.Lock()  # the counters, shared with the writer threads
         self._writer: BackgroundWriter | None = None
         self.stop: CommandError | None = None  # set by a writer thread when no output can be written
+        self.plan: dict = {}  # input -> the lanes this run explains it with
+
+    def make_lanes(self, explainings: list[Explaining]) -> list[Lane]:
+        """Each method's sinks; one instance of each shared sink (the table, the folder sheet)
+        and of the comparison sheet, which the run feeds itself."""
+        shared: dict = {}
+        self.sheet = self.folder_sheet = self.rows = None
+        lanes = []
+        for explaining in explainings:
+            names = selected_sinks(explaining.options)
+            sinks = []
+            for name in sorted((n for n in names if n in SINKS),
+                               key=lambda n: bool(getattr(SINKS[n], "table", False))):
+                if getattr(SINKS[name], "table", False):
+                    sinks.append(shared.setdefault(name, SINKS[name](self.options)))
+                else:
+                    sinks.append(SINKS[name](explaining.options))
+            if "folder-sheet" in names:
+                if self.folder_sheet is None:
+                    self.folder_sheet = SHEETS["folder-sheet"](self.options, run_methods(self.options))
+                sinks.insert(len(sinks) - bool(self.table), self.folder_sheet)
+            if "sheet" in names and self.sheet is None:
+                self.sheet = SHEETS["sheet"](self.options)
+            lanes.append(Lane(explaining, names, sinks))
+        self.rows = shared.get(next((n for n in shared), None))
+        return lanes
 
     @staticmethod
     def find_inputs(options: Options):
@@ -224,29 +268,49 @@ class Run:
             raise CommandError(str(error), EXIT_OUTPUT) from None
         return inputs
 
-    def already_done(self, path) -> bool:
-        """An earlier run made this request's outputs with this model, and they are whole."""
-        if self.options.overwrite:
-            return False
-        request = self.explaining.request(path)
+    def lane_done(self, lane: Lane, path) -> tuple[bool, dict | None]:
+        """(whether an earlier run made this method's outputs of the input with this model, whole;
+        the manifest entry it left)."""
+        request = lane.explaining.request(path)
         if self.table:
-            return self.rows.done(None, request)
+            return self.rows.done(None, request), None
         entry = self.manifest.get(entry_key(request))
-        if entry is None or entry.get("status") != "explained" or entry.get("model") != self.explaining.identity:
-            return False
+        if entry is None or entry.get("status") != "explained" or entry.get("model") != lane.explaining.identity:
+            return False, None
         category = (entry.get("explained_class") or {}).get("index")  # named after the class it explains
-        base = self.explaining.base_for(path, category if self.spec.class_specific else None)
-        return all(sink.done(base, entry) for sink in self.sinks)
+        base = lane.explaining.base_for(path, category if lane.explaining.spec.class_specific else None)
+        return all(sink.done(base, entry) for sink in lane.sinks) and self.manifest.done(base, entry), entry
 
-    def fail(self, path, message: str) -> None:
+    def lanes_to_do(self, path) -> list[Lane]:
+        """The methods this run explains the input with: those not done by an earlier run; all of
+        them when its comparison sheet is missing or stale (the sheet needs every method's map)."""
+        if self.options.overwrite:
+            return list(self.lanes)
+        states = [self.lane_done(lane, path) for lane in self.lanes]
+        if self.sheet is not None and not self.table and not self.sheet.done_group(
+                self.explaining.stems.get(path), [entry for _, entry in states]):
+            return list(self.lanes)
+        return [lane for lane, (done, _) in zip(self.lanes, states) if not done]
+
+    def already_done(self, path) -> bool:
+        """Every method's outputs of the input are there from an earlier run (see lanes_to_do)."""
+        return not self.lanes_to_do(path)
+
+    def fail(self, path, message: str, lanes=None) -> None:
+        """The input failed (for the given methods; default all): one line, and an entry or a
+        row for each method."""
         with self._lock:
             self.failed += 1
             report(message)
-        entry = self.explaining.failure(path, message)
-        if self.table:
-            self.rows.fail(entry, message)
-        else:
-            self.manifest.add(entry)
+        self.record_failures(path, [(lane, message) for lane in (lanes or self.lanes)])
+
+    def record_failures(self, path, failures) -> None:
+        for lane, message in failures:
+            entry = lane.explaining.failure(path, message)
+            if self.table:
+                self.rows.fail(entry, message)
+            else:
+                self.manifest.add(entry)
 
     def execute(self) -> int:
         finished = False
@@ -297,7 +361,11 @@ class Run:
                 self.fail(path, misnamed_message(path))
             for uri in self.inputs.uris:
                 self.fail(uri, f"{shown(uri)}: URIs are read by --engine ray only")
-        todo = [p for p in self.inputs.local if not self.already_done(p)]
+        for path in self.inputs.local:
+            lanes = self.lanes_to_do(path)
+            if lanes:
+                self.plan[path] = lanes
+        todo = [p for p in self.inputs.local if p in self.plan]
         mine = todo[group.rank::group.world]  # strided over the sorted inputs: no padding, no repeats
         self.skipped = len(self.inputs.local) - len(todo) if group.leader else 0
         workers = o.workers if o.workers is not None else (
@@ -306,14 +374,18 @@ class Run:
                              desc="explaining", file=sys.stderr)
         # images waiting to be written stay in memory: at most two batches of them
         self._writer = BackgroundWriter(pending=2 * o.batch_size)
+        # decoded and preprocessed once, whatever the number of methods
         batches = image_batches(mine, self.explaining.preprocess, o.batch_size, workers)
         try:
             for batch in batches:
-                for outcome in self.explaining.explain(batch):
-                    if outcome.error:
-                        self.fail(outcome.path, outcome.error)
-                    else:
-                        self._writer.submit(self.write_outputs, outcome)
+                # per input, every method's outcomes (several per method with several prompts)
+                outcomes: dict = {item["path"]: [] for item in batch}
+                for lane in self.lanes:
+                    items = [item for item in batch if lane in self.plan[item["path"]]]
+                    for outcome in lane.explaining.explain(items) if items else ():
+                        outcomes[outcome.path].append((lane, outcome))
+                for path, found in outcomes.items():
+                    self.settle(path, found)
                 progress.update(len(batch))
                 if self.stop is not None:
                     break
@@ -323,31 +395,100 @@ class Run:
                 self._writer.close()  # every finished image is written before the sinks close
             finally:
                 progress.close()
-                if not self.table:  # this run's counts, in the manifest the sinks save
-                    self.manifest.header["runs"][-1].update(counts=self.counts(), finished=now())
-                try:
-                    close_all(self.sinks)
-                except OSError as error:
-                    raise CommandError(f"cannot save the manifest in {shown(o.output_dir)}: "
-                                       f"{error.strerror or error}", EXIT_OUTPUT) from None
+                self.close_sinks()
         if self.stop is not None:
             raise self.stop
 
-    def write_outputs(self, outcome: Outcome) -> None:
+    def close_sinks(self) -> None:
+        """Close every sink once (the folder sheet writes its pages, the table its last part), then
+        save the manifest with this run's counts and pages, also when a sink could not close."""
+        sinks = list({id(sink): sink for lane in self.lanes for sink in lane.sinks}.values())
+        problem = None
+        try:
+            close_all(sinks)
+        except OSError as error:
+            problem = error
+        if self.manifest is not None and self.folder_sheet is not None and self.folder_sheet.pages:
+            self.manifest.header["runs"][-1]["sheets"] = [str(p) for p in self.folder_sheet.pages]
+        if not self.table:  # this run's counts, in the manifest it saves now
+            self.manifest.header["runs"][-1].update(counts=self.counts(), finished=now())
+            try:
+                self.manifest.close()
+            except OSError as error:
+                problem = problem or error
+        if problem is not None:
+            raise CommandError(f"cannot save the manifest in {shown(self.options.output_dir)}: "
+                               f"{problem.strerror or problem}", EXIT_OUTPUT)
+
+    def settle(self, path, found: list[tuple[Lane, Outcome]]) -> None:
+        """One input's outcomes, a method each: failures recorded here (a decoding error, the same
+        for every method, is one line), the explained maps handed to a writer thread."""
+        failures = [(lane, outcome.error) for lane, outcome in found if outcome.error]
+        for message in dict.fromkeys(message for _, message in failures):
+            report(message)
+        self.record_failures(path, failures)
+        explained = [(lane, outcome.image) for lane, outcome in found if not outcome.error]
+        if explained:
+            self._writer.submit(self.write_outputs, path, explained, bool(failures))
+        elif failures:
+            with self._lock:
+                self.failed += 1
+
+    def write_outputs(self, path, explained: list[tuple[Lane, ExplainedImage]], failed: bool = False) -> None:
+        """Write one input's outputs: each method's, then its comparison sheet, then each
+        method's manifest entry (which lists them)."""
         if self.stop is not None:  # the disk is full: this image waits for the next run, like the rest
             return
-        path, explained = outcome.path, outcome.image
-        try:
-            for sink in self.sinks:
-                sink.write(explained)
-        except OSError as error:
-            self.fail(path, f"{shown(path)}: cannot write outputs: {error}")
-            if cannot_write(error):  # a full disk fails every image after it too: stop the run
-                self.stop = CommandError(f"cannot write to {shown(self.options.output_dir)}: "
-                                         f"{error.strerror or error}", EXIT_OUTPUT)
-            return
+        written = []
+        for lane, item in explained:
+            try:
+                for sink in lane.sinks:
+                    sink.write(item)
+            except OSError as error:
+                failed = True
+                message = f"{shown(path)}: cannot write outputs: {error}"
+                report(message)
+                self.record_failures(path, [(lane, message)])
+                if cannot_write(error):  # a full disk fails every image after it too: stop the run
+                    self.stop = CommandError(f"cannot write to {shown(self.options.output_dir)}: "
+                                             f"{error.strerror or error}", EXIT_OUTPUT)
+                    break
+            else:
+                written.append(item)
+        if written and self.sheet is not None:
+            failed |= not self.write_sheet(path, written)
+        if not self.table:
+            for item in written:
+                self.manifest.write(item)
         with self._lock:
-            self.explained += 1
+            if failed:
+                self.failed += 1
+            else:
+                self.explained += 1
+
+    def write_sheet(self, path, items: list[ExplainedImage]) -> bool:
+        """The input's comparison sheet from the maps of this run, or, when this run redid only
+        some methods (the sheet of an earlier run is whole), that sheet recorded for them too.
+        False (and one line) when it cannot be written."""
+        stem = self.explaining.stems.get(path)
+        if len(self.plan.get(path, self.lanes)) < len(self.lanes):
+            sheet = self.sheet.path(stem)
+            try:
+                size = sheet.stat().st_size
+            except OSError as error:  # removed since the run began: the next run redoes the image
+                report(f"{shown(path)}: its comparison sheet is gone: {error.strerror or error}")
+                return False
+            for item in items:
+                item.outputs[self.sheet.name], item.output_bytes[self.sheet.name] = str(sheet), size
+            return True
+        if self.table and len(items) < len(self.lanes):
+            return True  # the table keeps no record of sheets: never replace a whole one by a partial one
+        try:
+            self.sheet.write_group(stem, items)
+        except OSError as error:
+            report(f"{shown(path)}: cannot write its comparison sheet: {error}")
+            return False
+        return True
 
 
-__all__ = ["Run", "Group", "ExplainedImage", "selected_sinks", "writes_table", "EXIT_TERMINATED"]
+__all__ = ["Run", "Group", "Lane", "ExplainedImage", "selected_sinks", "writes_table", "EXIT_TERMINATED"]

@@ -1,22 +1,24 @@
 """Output sinks that write figures (figures.py): per-layer strips and animations, labelled head
 grids, heads x blocks grids, comparison sheets per image and paged sheets for a folder.
 
-None of them is in SINKS yet: the run loop (vit_explain/cli/runner.py) hooks them in. What each
-needs from it:
+The per-image sinks are in SINKS (sinks.py); the two sheets are in its SHEETS, fed by the run
+loop (vit_explain/cli/runner.py) itself. What each needs from it:
 
 * the per-image sinks (`LayerStripSink`, `LayerAnimationSink`, `LayerWebpSink`,
   `HeadFigureSink`, `HeadsByBlocksSink`) are ordinary sinks (done / write / close, see sinks.py)
   fed the usual `ExplainedImage`, with its figure fields filled: `probability`, `seconds`, and
-  for the layer sinks `layer_masks` / `layer_blocks` (from `explain(x, per_layer=True)`), for
-  `HeadsByBlocksSink` `layer_head_masks`. A sink is given only to the methods it `applies` to
-  (`applies(explainer)`: the explainer has the maps it draws);
+  for the sinks marked `per_layer` `layer_masks` / `layer_blocks` / `layer_head_masks` (the run
+  explains with `explain(x, per_layer=True)` when one of them is selected). A sink is given only
+  to the methods it applies to (the method table's `optional_outputs` names them; `applies(explainer)`
+  says the same from the explainer, and a test keeps the two in step);
 * `ComparisonSheetSink` draws every method of one image at once: the run calls
   `write_group(stem, items)` with the image's `ExplainedImage` of each method (stem: the image's
-  output path without the method suffix, `runner.stems[path]`) after the per-method sinks and
-  before the manifest lists them, and asks `done_group(stem, entries)` when deciding what to skip;
-* `FolderSheetSink` is an ordinary sink that keeps a thumbnail per image and method and writes
-  `sheet_001.png`, ... when the run closes it (before the manifest). It sees only the images
-  the run explains (a re-run that skips every image writes no sheet).
+  output path without the method suffix) after the per-method sinks and before the manifest
+  lists them, and asks `done_group(stem, entries)` when deciding what to skip;
+* `FolderSheetSink` is an ordinary sink, one shared by every method of the run, that keeps a
+  thumbnail per image and method and writes `sheet_001.png`, ... when the run closes it (before
+  the manifest, which lists the pages). It sees only the images the run explains (a re-run that
+  skips every image writes no sheet).
 """
 from __future__ import annotations
 
@@ -30,7 +32,7 @@ import numpy as np
 from . import figures
 from .naming import fit_name
 from .outputs import atomic_write, make_output_folder, write_png
-from .sinks import ExplainedImage, FileSink
+from .file_sink import ExplainedImage, FileSink
 
 # What a method's per-block maps are, for the figures' subtitles (a method not named here gets
 # the generic line).
@@ -40,6 +42,7 @@ LAYER_NOTES = {
     "gradsam": "Grad-SAM summed up to and including each block",
     "legrad": "each block's own LeGrad map",
     "raw-attention": "each block's attention from the class token, mean over heads",
+    "cola": "each block's own CoLa map",
 }
 GENERIC_LAYER_NOTE = "per-block maps"
 
@@ -63,6 +66,15 @@ def class_text(item: ExplainedImage) -> str:
     return "class-agnostic"
 
 
+def drawn_map(item: ExplainedImage) -> tuple[np.ndarray, bool]:
+    """(the map a sheet draws for this method, whether it is signed): a signed method's pixel
+    relevance on the diverging scale (what speaks against the class shows, in blue), else the mask."""
+    relevance = getattr(item, "pixel_relevance", None)
+    if relevance is not None:
+        return np.asarray(relevance, dtype=np.float32), True
+    return item.mask, figures.is_signed(np.asarray(item.mask))
+
+
 def title_of(item: ExplainedImage, options, *more) -> str:
     """"dog.jpg | model deit_tiny_patch16_224 | rollout | dog 93.1%" and any further parts."""
     return figures.describe(item.input.name, f"model {getattr(options, 'model', '')}", item.entry.get("method"),
@@ -72,6 +84,7 @@ def title_of(item: ExplainedImage, options, *more) -> str:
 class LayerStripSink(FileSink):
     """The per-block maps of one image and method, side by side (PNG)."""
     name, ending = "layers", "_layers.png"
+    per_layer = True  # needs explain(x, per_layer=True)
 
     @staticmethod
     def applies(explainer) -> bool:
@@ -87,6 +100,7 @@ class LayerStripSink(FileSink):
 class LayerAnimationSink(FileSink):
     """The per-block maps as an animation over the blocks (GIF, looping)."""
     name, ending = "layers-gif", "_layers.gif"
+    per_layer = True
     duration_ms = 600
 
     applies = LayerStripSink.applies
@@ -125,6 +139,7 @@ class HeadFigureSink(FileSink):
 class HeadsByBlocksSink(FileSink):
     """Every head of every block (rows = blocks, columns = heads), labelled (PNG)."""
     name, ending = "heads-blocks", "_heads_blocks.png"
+    per_layer = True
 
     @staticmethod
     def applies(explainer) -> bool:
@@ -135,6 +150,12 @@ class HeadsByBlocksSink(FileSink):
         write_png(path, figures.bgr(figures.heads_by_blocks(
             item.image, _needed(item, "layer_head_masks"), item.box, item.layer_blocks, title_of(item, o),
             "the class token's attention per head and block", o.colormap, o.alpha)))
+
+
+def _map_and_caption(item: ExplainedImage) -> tuple:
+    """A comparison sheet panel's fields after the method's name: map, caption, time, signed."""
+    values, signed = drawn_map(item)
+    return values, class_text(item), item.seconds, signed
 
 
 def _needed(item: ExplainedImage, name: str):
@@ -165,8 +186,7 @@ class ComparisonSheetSink:
 
     def render(self, items: Sequence[ExplainedImage]) -> np.ndarray:
         o, first = self.options, items[0]
-        panels = [figures.Panel(item.entry.get("method", "?"), item.mask, class_text(item), item.seconds)
-                  for item in items]
+        panels = [figures.Panel(item.entry.get("method", "?"), *_map_and_caption(item)) for item in items]
         top = (first.entry.get("topk") or [None])[0]
         predicted = "" if not top else "predicted: " + figures.class_caption(
             top.get("index"), top.get("probability"), {top.get("index"): top.get("label")})
@@ -197,13 +217,18 @@ class FolderSheetSink:
     folder, written at close(). Keeps only thumbnails (about 50 kB per image and method)."""
     name = "folder-sheet"
     prefix = "sheet_"
+    # the defaults: a page stays readable (12 rows of 128-pixel cells, 8 method columns) and a
+    # run of thousands of images keeps 96 images' thumbnails in memory, not all of them
+    MAX_IMAGES, ROWS_PER_PAGE, METHODS_PER_PAGE, CELL = 96, 12, 8, 128
 
-    def __init__(self, options, methods: Sequence[str] | None = None, max_images: int = 96,
-                 rows_per_page: int = 12, methods_per_page: int = 8, cell: int = 128):
+    def __init__(self, options, methods: Sequence[str] | None = None, max_images: int | None = None,
+                 rows_per_page: int | None = None, methods_per_page: int | None = None, cell: int | None = None):
         self.options = options
         self.methods = list(methods) if methods else None  # None: in the order they arrive
-        self.max_images, self.rows_per_page, self.methods_per_page = max_images, rows_per_page, methods_per_page
-        self.cell = cell
+        self.max_images = max_images or self.MAX_IMAGES
+        self.rows_per_page = rows_per_page or self.ROWS_PER_PAGE
+        self.methods_per_page = methods_per_page or self.METHODS_PER_PAGE
+        self.cell = cell or self.CELL
         self.rows: dict[str, figures.SheetRow] = {}
         self.order: list[str] = []  # the kept inputs, sorted
         self.seen_methods: list[str] = []
@@ -230,8 +255,8 @@ class FolderSheetSink:
             if method not in self.seen_methods:
                 self.seen_methods.append(method)
         o = self.options
-        signed = figures.is_signed(np.asarray(item.mask))
-        picture = figures.thumbnail(item.image, item.mask, item.box, self.cell, o.colormap, o.alpha, signed)
+        values, signed = drawn_map(item)
+        picture = figures.thumbnail(item.image, values, item.box, self.cell, o.colormap, o.alpha, signed)
         with self._lock:
             found = self.rows.get(key)
             if found is not None:

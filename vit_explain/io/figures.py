@@ -304,8 +304,21 @@ def stack(parts: Sequence[np.ndarray], gap: int = GAP, pad: int = PAD) -> np.nda
     return canvas
 
 
+def wrap_parts(text: str, width: int, size: int) -> list[str]:
+    """A title of " | "-joined parts broken into lines of whole parts that fit width (a part too
+    long for a line of its own is cut there): a narrow figure still names the model, the method
+    and the class."""
+    lines: list[str] = []
+    for part in text.split(" | "):
+        if lines and text_width(f"{lines[-1]} | {part}", size) <= width:
+            lines[-1] = f"{lines[-1]} | {part}"
+        else:
+            lines.append(part)
+    return lines
+
+
 def title_band(title: str, width: int, subtitle: str = "") -> np.ndarray:
-    lines = [(title, 15, INK)] + ([(subtitle, 12, FAINT)] if subtitle else [])
+    lines = [(line, 15, INK) for line in wrap_parts(title, width, 15)] + ([(subtitle, 12, FAINT)] if subtitle else [])
     return text_block(lines, width)
 
 
@@ -481,8 +494,10 @@ def layer_frames(image_rgb: np.ndarray, layer_masks: np.ndarray, box=None, block
     frames = []
     for k, (block, mask) in enumerate(zip(blocks, layer_masks, strict=True)):
         picture = show_mask_on_image(small, mask, small_box, colormap, alpha)
-        lines = [(title, 12, INK), (f"block {block} ({k + 1} of {len(blocks)})", 12, FAINT)]
-        frames.append(stack([text_block(lines, max(small.shape[1], 200)), picture], gap=2, pad=4))
+        width = max(small.shape[1], 200)
+        lines = [(line, 12, INK) for line in wrap_parts(title, width, 12)]
+        lines.append((f"block {block} ({k + 1} of {len(blocks)})", 12, FAINT))
+        frames.append(stack([text_block(lines, width), picture], gap=2, pad=4))
     return frames
 
 

@@ -1,17 +1,12 @@
 """Output sinks for signed relevance (CP-LRP's `Explanation.pixel_relevance`): the map itself as
 float32 .npy, and its overlay on the diverging blue-white-red colormap with a symmetric scale.
 
-Not in SINKS yet. What the run loop must do to hook them in (vit_explain/cli/runner.py and
-explaining.py, io/sinks.py):
-
-* `ExplainedImage` gains `pixel_relevance: np.ndarray | None = None`, this image's
-  `Explanation.pixel_relevance` as float32 (H, W) at the model's input size (the part of the image
-  `box` names); the sinks read it with getattr, so an attribute set on the item works too;
-* sinks.py imports `RelevanceSink, RelevanceOverlaySink` from here and lists them in SINKS
-  (this module does not import sinks.py, so there is no import cycle: like the Parquet sink,
-  these are sinks by protocol, not by subclassing `FileSink`);
-* the method table's cp-lrp line names them in `extra_outputs`, so that they are written by
-  default for cp-lrp and refused (a usage error) for methods without signed relevance.
+Both are in SINKS (sinks.py), and the method table's cp-lrp line names them in its
+`extra_outputs`: they are written by default for cp-lrp, and asking for them with a method
+without signed relevance is a usage error (exit 2). The run loop fills each image's
+`ExplainedImage.pixel_relevance` from `Explanation.pixel_relevance` (float32 (H, W) at the
+model's input size, the part of the image `box` names). This module does not import sinks.py
+(which imports it): these are sinks by protocol, not by subclassing `FileSink`.
 
 Both are file sinks with FileSink's protocol (sinks.py): `done(base, entry)` (the file is there,
 no link, of the size the manifest recorded), `write(item)` (recording the file in `item.outputs`

@@ -29,6 +29,7 @@ class MethodSpec:
     suffix: Callable                # (options, explained class or None) -> output-name suffix
     class_specific: bool = False    # does the map depend on the explained class?
     extra_outputs: tuple[str, ...] = ()  # outputs beyond overlay and mask (output sink names)
+    optional_outputs: tuple[str, ...] = ()  # outputs it can give when asked (--per-layer, --outputs)
 
     @property
     def compat(self) -> bool:
@@ -48,6 +49,12 @@ class MethodSpec:
         return self.load()(model, **{key: getattr(options, key) for key in self.options})
 
 
+# The per-block figures (io/figure_sinks.py): for the methods whose explainer `has_layer_maps`,
+# and for those that show heads (`has_layer_head_maps`) the labelled head grids too.
+LAYER_OUTPUTS = ("layers", "layers-gif", "layers-webp")
+HEAD_OUTPUTS = ("heads-figure", "heads-blocks")
+
+
 def _grad_cam_suffix(o, c) -> str:
     return f"grad_cam_{c}" + (f"_{o.target_layer.replace('.', '_')}" if o.target_layer else "")
 
@@ -55,21 +62,27 @@ def _grad_cam_suffix(o, c) -> str:
 # Output names as the original vit-explain wrote them: attention_rollout_0.900_max, grad_rollout_243_0.900_max
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("rollout", "rollout:VITAttentionRollout", ("head_fusion", "discard_ratio", "compat"),
-               lambda o, c: f"attention_rollout_{o.discard_ratio:.3f}_{o.head_fusion}"),
+               lambda o, c: f"attention_rollout_{o.discard_ratio:.3f}_{o.head_fusion}",
+               optional_outputs=LAYER_OUTPUTS),
     MethodSpec("grad-rollout", "rollout:VITAttentionGradRollout", ("head_fusion", "discard_ratio", "compat"),
-               lambda o, c: f"grad_rollout_{c}_{o.discard_ratio:.3f}_{o.head_fusion}", class_specific=True),
+               lambda o, c: f"grad_rollout_{c}_{o.discard_ratio:.3f}_{o.head_fusion}", class_specific=True,
+               optional_outputs=LAYER_OUTPUTS),
     MethodSpec("chefer", "attention:VITGradWeightedAttention", ("start_layer",),
                lambda o, c: f"chefer_{c}" + (f"_start{o.start_layer}" if o.start_layer else ""), class_specific=True),
     MethodSpec("raw-attention", "attention:VITRawAttention", ("layer",),
                lambda o, c: "raw_attention_last" if o.layer == -1 else f"raw_attention_layer{o.layer}",
-               extra_outputs=("heads",)),
+               extra_outputs=("heads",), optional_outputs=LAYER_OUTPUTS + HEAD_OUTPUTS),
     MethodSpec("flow", "flow:VITAttentionFlow", (), lambda o, c: "attention_flow"),
     MethodSpec("grad-cam", "gradcam:VITGradCAM", ("target_layer",), _grad_cam_suffix, class_specific=True),
-    MethodSpec("gradsam", "gradsam:VITGradSAM", (), lambda o, c: f"gradsam_{c}", class_specific=True),
-    MethodSpec("legrad", "legrad:VITLeGrad", (), lambda o, c: f"legrad_{c}", class_specific=True),
+    MethodSpec("gradsam", "gradsam:VITGradSAM", (), lambda o, c: f"gradsam_{c}", class_specific=True,
+               optional_outputs=LAYER_OUTPUTS),
+    MethodSpec("legrad", "legrad:VITLeGrad", (), lambda o, c: f"legrad_{c}", class_specific=True,
+               optional_outputs=LAYER_OUTPUTS),
     MethodSpec("agcam", "agcam:VITAGCAM", (), lambda o, c: f"agcam_{c}", class_specific=True),
     MethodSpec("tokentm", "tokentm:VITTokenTM", (), lambda o, c: f"tokentm_{c}", class_specific=True),
     MethodSpec("daam", "daam:VITDAAM", (), lambda o, c: f"daam_{c}", class_specific=True),
-    MethodSpec("cola", "cola:VITCoLa", (), lambda o, c: f"cola_{c}", class_specific=True),
-    MethodSpec("cp-lrp", "lrp:VITCPLRP", (), lambda o, c: f"cp_lrp_{c}", class_specific=True),
+    MethodSpec("cola", "cola:VITCoLa", (), lambda o, c: f"cola_{c}", class_specific=True,
+               optional_outputs=LAYER_OUTPUTS),
+    MethodSpec("cp-lrp", "lrp:VITCPLRP", (), lambda o, c: f"cp_lrp_{c}", class_specific=True,
+               extra_outputs=("relevance", "relevance-overlay")),
 )}
