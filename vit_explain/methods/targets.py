@@ -61,11 +61,17 @@ class Scorer:
     """A resolved prompt or reference target: embedding (B, D) -> scores (B, K), one column per
     prompt or reference. Build it once (`resolve`) to explain many batches with it."""
 
-    def __init__(self, kind: str, keys: torch.Tensor, scale, bias, labels: list[str]):
+    def __init__(self, kind: str, keys: torch.Tensor, scale, bias, labels: list[str], normalize=None):
         self.kind, self.keys, self.scale, self.bias, self.labels = kind, keys, scale, bias, labels
+        self.normalize = normalize or functools.partial(F.normalize, dim=-1)
+
+    def with_normalize(self, normalize) -> "Scorer":
+        """The same scores with another L2 normalisation of the image embedding (same values, another
+        backward: CP-LRP holds the norm constant, see vit_explain.math.lrp)."""
+        return Scorer(self.kind, self.keys, self.scale, self.bias, self.labels, normalize)
 
     def __call__(self, embedding: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(embedding, dim=-1)
+        image = self.normalize(embedding)
         scores = image @ self.keys.to(image.dtype).t()
         if self.scale is not None:
             scores = scores * self.scale

@@ -20,7 +20,7 @@ from .base import Adapter, TokenLayout, check_input_shape, seeded
 TORCHVISION_VIT = ("torchvision.models.vision_transformer", "VisionTransformer")
 
 
-def _projected(attention: nn.MultiheadAttention, which: int, scale: bool, tokens: torch.Tensor) -> torch.Tensor:
+def multihead_projection(attention: nn.MultiheadAttention, which: int, scale: bool, tokens: torch.Tensor) -> torch.Tensor:
     """One of the attention's input projections (0 query, 1 key, 2 value) of its input tokens,
     (B, H, N, d); the query times head_dim ** -0.5 when scale, as the module scales it. The
     module computes them inside one function call, so they are computed again here."""
@@ -111,11 +111,11 @@ class TorchvisionViTAdapter(Adapter):
 
     def query_key_taps(self):
         attentions = self.attention_modules()
-        return ([Tap(a, "input", partial(_projected, a, 0, True)) for a in attentions],
-                [Tap(a, "input", partial(_projected, a, 1, False)) for a in attentions])
+        return ([Tap(a, "input", partial(multihead_projection, a, 0, True)) for a in attentions],
+                [Tap(a, "input", partial(multihead_projection, a, 1, False)) for a in attentions])
 
     def value_taps(self):
-        return [Tap(a, "input", partial(_projected, a, 2, False)) for a in self.attention_modules()]
+        return [Tap(a, "input", partial(multihead_projection, a, 2, False)) for a in self.attention_modules()]
 
     def mixed_taps(self):
         # only the recorder's replay, out_proj(A @ V) from the recorded weights, calls out_proj as a
