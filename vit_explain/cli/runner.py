@@ -228,14 +228,17 @@ class Run:
         """An earlier run made this request's outputs with this model, and they are whole."""
         if self.options.overwrite:
             return False
-        request = self.explaining.request(path)
+        # a prompt or reference run makes one request per target: done when every one is
+        return all(self.request_done(path, request) for request in self.explaining.requests(path))
+
+    def request_done(self, path, request: dict) -> bool:
         if self.table:
             return self.rows.done(None, request)
         entry = self.manifest.get(entry_key(request))
         if entry is None or entry.get("status") != "explained" or entry.get("model") != self.explaining.identity:
             return False
-        category = (entry.get("explained_class") or {}).get("index")  # named after the class it explains
-        base = self.explaining.base_for(path, category if self.spec.class_specific else None)
+        category = (entry.get("explained_class") or {}).get("index")  # named after what it explains
+        base = self.explaining.base_for(path, self.explaining.label(category) if self.spec.class_specific else None)
         return all(sink.done(base, entry) for sink in self.sinks)
 
     def fail(self, path, message: str) -> None:

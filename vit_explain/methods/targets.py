@@ -14,11 +14,14 @@ scores, exactly as it explains one class of a classifier's logits:
 The prompts' and references' embeddings are computed once, without gradients (`Scorer`); then
 the adapter's one way of calling the model (`Adapter.logits`, `scores_of_tokens`) maps the image
 embedding through the scorer, so every method that differentiates a score explains any target
-unchanged. Rollout and raw attention do not read the score, and ignore it as they ignore a class.
+unchanged. Rollout and raw attention do not read the score, and ignore it as they ignore a class;
+on a model without classes and without a target they explain no class: `Explanation.targets`
+is None (the model's output is an embedding, whose largest component is no prediction).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import numbers
 from dataclasses import dataclass
@@ -147,9 +150,14 @@ def explains_targets(explain):
                 category_index = target
             # methods that never read the score (rollout, raw attention, flow) need no class
             reads_score = getattr(self, "needs_gradients", True)
-            if reads_score and adapter.scorer is None and "class" not in adapter.targets:
+            classless = adapter.scorer is None and "class" not in adapter.targets
+            if reads_score and classless:
                 raise refuse(adapter, "a class (it has no classifier head)")
-            return explain(self, input_tensor, category_index, per_layer)
+            explanation = explain(self, input_tensor, category_index, per_layer)
+            if classless:
+                # the output is an embedding: its argmax is no class, so none is reported
+                explanation = dataclasses.replace(explanation, targets=None)
+            return explanation
         scorer = resolve(self, target)
         with adapter.scoring(scorer):
             return explain(self, input_tensor, category_index, per_layer)
