@@ -33,7 +33,8 @@ class VITDAAM(TappedExplainer):
     Definitions as in the authors' code (ly9802/DynamicAccumulatedAttentionMap, utils/DAAM.py; no
     per-block normalisation, as their scripts run it by default); ReLU(C_b) in the label-free mode
     too, where the authors' self-supervised script leaves C_b unclamped. One forward and one backward. Defined for
-    timm's standard ViT blocks, Hugging Face ViTs and torchvision ViTs; other families are refused
+    timm's standard ViT blocks, Hugging Face ViTs, torchvision ViTs and the
+    foundation families (HF CLIP / SigLIP / DINOv2, OpenCLIP); other families are refused
     with a ValueError at construction.
     """
 

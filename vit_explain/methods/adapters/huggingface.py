@@ -55,6 +55,22 @@ def head_split(heads: int, scale: float, tensor: torch.Tensor) -> torch.Tensor:
     return split if scale == 1.0 else split * scale
 
 
+def projection_taps(kind: str):
+    """An adapter method giving the taps of kind "query_key", "value" or "mixed" from the adapter's
+    `_projections()` (transformers' separate q/k/v projections, eager attention: (q @ k^T) * scaling);
+    shared by the Hugging Face adapters."""
+    def taps(self):
+        found = self._projections()
+        if kind == "query_key":
+            return ([Tap(p.query, "output", partial(head_split, p.heads, p.scaling)) for p in found],
+                    [Tap(p.key, "output", partial(head_split, p.heads, 1.0)) for p in found])
+        if kind == "value":
+            return [Tap(p.value, "output", partial(head_split, p.heads, 1.0)) for p in found]
+        return [Tap(p.output, "input") for p in found]
+    taps.__name__ = f"{kind}_taps"
+    return taps
+
+
 def _hf_class(model: nn.Module) -> str | None:
     for cls in type(model).__mro__:
         if cls.__name__ in HF_PREFIX_TOKENS and cls.__module__.split(".")[0] == "transformers":
@@ -161,17 +177,7 @@ class HuggingFaceViTAdapter(Adapter):
         self._projections()
         return [layer.attention for layer in self.blocks()]
 
-    def query_key_taps(self):
-        found = self._projections()
-        # eager attention: (q @ k^T) * scaling
-        return ([Tap(p.query, "output", partial(head_split, p.heads, p.scaling)) for p in found],
-                [Tap(p.key, "output", partial(head_split, p.heads, 1.0)) for p in found])
-
-    def value_taps(self):
-        return [Tap(p.value, "output", partial(head_split, p.heads, 1.0)) for p in self._projections()]
-
-    def mixed_taps(self):
-        return [Tap(p.output, "input") for p in self._projections()]
+    query_key_taps, value_taps, mixed_taps = (projection_taps(name) for name in ("query_key", "value", "mixed"))
 
     def residual_taps(self):
         self._projections()

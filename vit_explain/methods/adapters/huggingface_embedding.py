@@ -12,7 +12,6 @@ the model as `model.tokenizer`).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
 from typing import Callable
 
 import torch
@@ -20,7 +19,7 @@ from torch import nn
 
 from ...recording import DEFAULT_ATTENTION_LAYER, HuggingFaceAttentionRecorder, Tap, default_target_layer
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded
-from .huggingface import Projections, head_split, projections
+from .huggingface import Projections, projection_taps, projections
 
 
 @dataclass(frozen=True)
@@ -216,17 +215,7 @@ class HuggingFaceEmbeddingAdapter(Adapter):
         self._projections()
         return [getattr(layer, "self_attn", None) or layer.attention for layer in self.blocks()]
 
-    def query_key_taps(self):
-        found = self._projections()
-        # eager attention: (q @ k^T) * scaling
-        return ([Tap(p.query, "output", partial(head_split, p.heads, p.scaling)) for p in found],
-                [Tap(p.key, "output", partial(head_split, p.heads, 1.0)) for p in found])
-
-    def value_taps(self):
-        return [Tap(p.value, "output", partial(head_split, p.heads, 1.0)) for p in self._projections()]
-
-    def mixed_taps(self):
-        return [Tap(p.output, "input") for p in self._projections()]
+    query_key_taps, value_taps, mixed_taps = (projection_taps(name) for name in ("query_key", "value", "mixed"))
 
     def residual_taps(self):
         self._projections()

@@ -14,11 +14,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from functools import partial
-
-from ...recording import MultiheadAttentionRecorder, Tap, check_multihead, find_multihead_attention
+from ...recording import MultiheadAttentionRecorder, check_multihead, find_multihead_attention
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded
-from .torchvision import multihead_projection
+from .torchvision import MultiheadTaps
 
 
 def is_open_clip(model: nn.Module) -> bool:
@@ -26,7 +24,7 @@ def is_open_clip(model: nn.Module) -> bool:
     return any(cls.__module__.split(".")[0] == "open_clip" for cls in type(model).__mro__) and hasattr(model, "visual")
 
 
-class OpenCLIPAdapter(Adapter):
+class OpenCLIPAdapter(MultiheadTaps, Adapter):
     """open_clip.CLIP and CustomTextCLIP with open_clip's VisionTransformer image tower."""
 
     targets = ("prompt", "reference")
@@ -125,24 +123,8 @@ class OpenCLIPAdapter(Adapter):
         pooled = visual.ln_post(pool(tokens)) if visual.final_ln_after_pool else pool(visual.ln_post(tokens))
         return self.scored(pooled if visual.proj is None else pooled @ visual.proj)
 
-    # --- the parts of every block (AGCAM, TokenTM, DAAM), as torchvision's: nn.MultiheadAttention
-    # computes q, k and v inside one call, so the taps project its input again with its weights
+    # --- the parts of every block (AGCAM, TokenTM, DAAM): `MultiheadTaps`, as torchvision's
     def attention_modules(self):
         self.check_attention()
         return [block.attn for block in self.blocks()]
 
-    def query_key_taps(self):
-        attentions = self.attention_modules()
-        return ([Tap(a, "input", partial(multihead_projection, a, 0, True)) for a in attentions],
-                [Tap(a, "input", partial(multihead_projection, a, 1, False)) for a in attentions])
-
-    def value_taps(self):
-        return [Tap(a, "input", partial(multihead_projection, a, 2, False)) for a in self.attention_modules()]
-
-    def mixed_taps(self):
-        # out_proj runs as a module only in the recorder's replay (gradients=True), as for torchvision
-        return [Tap(a.out_proj, "input") for a in self.attention_modules()]
-
-    def residual_taps(self):
-        self.attention_modules()
-        return [Tap(block.ln_2, "input") for block in self.blocks()]
