@@ -28,7 +28,8 @@ class VITDAAM(TappedExplainer):
     with DAAM's dimension-wise weights w = min-max over d of mean_k(f_hat_d * z_hat_kd), z_k the
     `references` (K, D) (e.g. features of images of one class, as the authors use a k-NN memory
     bank), or the image's own feature when there are none. Label-free maps explain no class:
-    `category_index` must be None, and `targets` report the model output's argmax.
+    `category_index` must be None, and `targets` report the model output's argmax (None on a
+    model without classes).
 
     Definitions as in the authors' code (ly9802/DynamicAccumulatedAttentionMap, utils/DAAM.py; no
     per-block normalisation, as their scripts run it by default); ReLU(C_b) in the label-free mode

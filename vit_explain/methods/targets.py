@@ -149,7 +149,8 @@ def explains_targets(explain):
                     raise ValueError("give the class as category_index or as target, not both")
                 category_index = target
             # methods that never read the score (rollout, raw attention, flow) need no class
-            reads_score = getattr(self, "needs_gradients", True)
+            # label-free DAAM reads its own score of the features, not a class
+            reads_score = getattr(self, "needs_gradients", True) and not getattr(self, "label_free", False)
             classless = adapter.scorer is None and "class" not in adapter.targets
             if reads_score and classless:
                 raise refuse(adapter, "a class (it has no classifier head)")
