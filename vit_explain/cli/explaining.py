@@ -105,12 +105,34 @@ class Explaining:
         stem = self.stems.get(path)
         return None if stem is None else output_base(stem, self.spec.suffix(self.options, category))
 
-    def request(self, path) -> dict:
-        """What an entry or a row is filed under: the input, the method and its parameters, and
-        its id (with the model's weights)."""
-        entry = {"input": input_key(path), "method": self.options.method, "parameters": self.parameters}
+    def request(self, path, column: int | None = None) -> dict:
+        """What an entry or a row is filed under: the input, the method and its parameters (with
+        the prompt or reference explained in `column`), and its id (with the model's weights)."""
+        parameters = {**self.parameters, **self.target_parameters(column)}
+        entry = {"input": input_key(path), "method": self.options.method, "parameters": parameters}
         entry["request"] = request_id(entry, self.identity["weights"])
         return entry
+
+    def target_parameters(self, column: int | None) -> dict:
+        """A prompt or reference run's part of a request, known before the image is explained: the
+        explained prompt or reference for a method that reads the score; every prompt or reference
+        for one that does not (its map is the same whichever scores best)."""
+        if self.scorer is None or (column is None and self.spec.class_specific):
+            return {}
+        if self.spec.class_specific:
+            return {self.scorer.kind: self.scorer.labels[column]}
+        return {self.scorer.kind: list(self.scorer.labels)}
+
+    def requests(self, path) -> list[dict]:
+        """Every request an input makes in this run: one per prompt or reference for a method that
+        reads the score, else one."""
+        if self.scorer is not None and self.spec.class_specific:
+            return [self.request(path, column) for column in range(len(self.scorer))]
+        return [self.request(path)]
+
+    def label(self, index: int | None):
+        """What an output name says of the explained class (its index) or prompt or reference."""
+        return index if self.scorer is None or index is None else target_label(self.scorer, index)
 
     def failure(self, path, message: str) -> dict:
         """The manifest entry (or the row's fields) of an input that failed."""
@@ -152,7 +174,9 @@ class Explaining:
                 outcomes[index].error = f"{shown(item['path'])}: cannot explain: {error}"
             return outcomes
         # one copy from the device per batch, not one per image
-        masks, logits, targets = result.masks.cpu().numpy(), result.logits.cpu(), result.targets.tolist()
+        masks, logits = result.masks.cpu().numpy(), result.logits.cpu()
+        # no targets: a class-agnostic map of a model without classes (its output is an embedding)
+        targets = [None] * len(good) if result.targets is None else result.targets.tolist()
         heads = None if result.head_masks is None else result.head_masks.cpu().numpy()
         extras = figure_fields(result, logits, targets, seconds)
         finite = torch.isfinite(logits).all(dim=1).tolist()
@@ -167,16 +191,13 @@ class Explaining:
         return outcomes
 
     def explained_image(self, item: dict, mask: np.ndarray, head_masks: np.ndarray | None,
-                        logits: torch.Tensor, target: int, extras: dict | None = None) -> ExplainedImage:
+                        logits: torch.Tensor, target: int | None, extras: dict | None = None) -> ExplainedImage:
         path, image = item["path"], item["image"]
         class_specific = self.spec.class_specific
-        request = self.request(path)
-        label = target if self.scorer is None else target_label(self.scorer, target)
-        if self.scorer is not None:  # one entry per prompt or reference, each its own request
-            request["parameters"] = {**request["parameters"], self.scorer.kind: self.scorer.labels[target]}
-            request["request"] = request_id({k: request[k] for k in ("input", "method", "parameters")},
-                                            self.identity["weights"])
-        top = top_classes(logits, self.names, max(1, self.options.topk))
+        request = self.request(path, target)  # one entry per prompt or reference, each its own request
+        label = self.label(target)
+        # an embedding's largest component is no class: no prediction to report
+        top = [None] if target is None else top_classes(logits, self.names, max(1, self.options.topk))
         return ExplainedImage(
             input=Path(request["input"]) if not is_uri(path) else request["input"],
             base=self.base_for(path, label if class_specific else None),
@@ -188,7 +209,7 @@ class Explaining:
                 "run": self.run,
                 "image_size": [int(image.shape[1]), int(image.shape[0])],
                 "mask_grid": list(mask.shape),
-                "topk": top[:self.options.topk] if self.names else [],
+                "topk": top[:self.options.topk] if self.names and target is not None else [],
                 "predicted": top[0],
                 # a class-agnostic map explains no class, whatever --category_index said
                 "target": (self.scorer.kind if self.scorer is not None else "class") if class_specific
@@ -202,7 +223,9 @@ def figure_fields(result, logits: torch.Tensor, targets: list[int], seconds: flo
     """Per image of a batch, what the figure and signed sinks read beyond the mask (ExplainedImage's
     fields): the time, the explained class's probability, the per-block maps when asked for,
     and the signed pixel relevance of signed methods."""
-    probabilities = logits.float().softmax(-1)[torch.arange(len(targets)), torch.as_tensor(targets)].tolist()
+    softmax = logits.float().softmax(-1)
+    # no target (a class-agnostic map of a model without classes): no probability to show
+    probabilities = [None if target is None else float(softmax[number, target]) for number, target in enumerate(targets)]
     arrays = {name: None if getattr(result, source) is None else getattr(result, source).float().cpu().numpy()
               for name, source in (("layer_masks", "layer_masks"), ("layer_head_masks", "layer_head_masks"),
                                    ("pixel_relevance", "pixel_relevance"))}

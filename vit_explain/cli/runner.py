@@ -268,17 +268,22 @@ class Run:
             raise CommandError(str(error), EXIT_OUTPUT) from None
         return inputs
 
-    def lane_done(self, lane: Lane, path) -> tuple[bool, dict | None]:
-        """(whether an earlier run made this method's outputs of the input with this model, whole;
-        the manifest entry it left)."""
-        request = lane.explaining.request(path)
+    def lane_done(self, lane: Lane, path) -> tuple[bool, list[dict]]:
+        """(whether an earlier run made this method's outputs of the input with this model, whole,
+        for every prompt or reference of a target run; the manifest entries it left)."""
+        states = [self.request_done(lane, path, request) for request in lane.explaining.requests(path)]
+        # the entries also when outputs are missing: the comparison sheet may still be whole
+        return all(done for done, _ in states), [entry for _, entry in states]
+
+    def request_done(self, lane: Lane, path, request: dict) -> tuple[bool, dict | None]:
         if self.table:
             return self.rows.done(None, request), None
         entry = self.manifest.get(entry_key(request))
         if entry is None or entry.get("status") != "explained" or entry.get("model") != lane.explaining.identity:
             return False, None
-        category = (entry.get("explained_class") or {}).get("index")  # named after the class it explains
-        base = lane.explaining.base_for(path, category if lane.explaining.spec.class_specific else None)
+        category = (entry.get("explained_class") or {}).get("index")  # named after what it explains
+        explaining = lane.explaining
+        base = explaining.base_for(path, explaining.label(category) if explaining.spec.class_specific else None)
         return all(sink.done(base, entry) for sink in lane.sinks) and self.manifest.done(base, entry), entry
 
     def lanes_to_do(self, path) -> list[Lane]:
@@ -288,7 +293,7 @@ class Run:
             return list(self.lanes)
         states = [self.lane_done(lane, path) for lane in self.lanes]
         if self.sheet is not None and not self.table and not self.sheet.done_group(
-                self.explaining.stems.get(path), [entry for _, entry in states]):
+                self.explaining.stems.get(path), [entry for _, entries in states for entry in entries]):
             return list(self.lanes)
         return [lane for lane, (done, _) in zip(self.lanes, states) if not done]
 

@@ -8,7 +8,8 @@ import torch
 
 def legrad_block_maps(gradients: Sequence[torch.Tensor], num_prefix: int) -> torch.Tensor:
     """(B, L, N - num_prefix): for each block's g = d s_l / d A_l (B, H, N, N), ReLU(g) averaged
-    over the heads and over the query rows, the prefix-token key columns dropped.
+    over the heads and over the query rows, the prefix-token key columns dropped. Through an
+    attention pool, A_l is the pool's attention (B, H, latents, N): its latents are the query rows.
 
     The attention itself is not multiplied in: the map says which keys, had the block attended
     more to them, would have raised that block's score.

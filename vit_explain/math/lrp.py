@@ -18,6 +18,11 @@ so that a * g obeys the LRP rule of that layer (the "gradient x input" form of L
   (q k^T and A v) halves the gradient to each factor; the softmax keeps its gradient (its LRP rule
   is its gradient x input). Scaled onto the packed projection: q and k get 1/4, v 1/2
   (`scaled_gradient`).
+* L2 normalisation (the cosine similarity of CLIP-family scores), identity rule: y = x / ||x||
+  with the norm held constant, as LayerNorm's standard deviation: g_x = g / ||x||, so x * g_x
+  sums to y * g (`l2_normalize_identity`). The true gradient cannot conserve anything here: a
+  cosine similarity is unchanged when x is scaled, so x . ds/dx = 0 (Euler), and gradient x input
+  would hand the input a total relevance of zero whatever the score.
 * Linear layers and the patch embedding: plain gradient (LRP-0), or the generalised gamma rule
   (`gamma_rule`): an output z_j > 0 shares its relevance among the contributions x_i w_ij in
   proportion to x_i w_ij + gamma (x_i w_ij)^+, an output z_j < 0 in proportion to
@@ -74,6 +79,14 @@ def layer_norm_identity(x: torch.Tensor, output: torch.Tensor, weight: torch.Ten
     if weight is None:
         return with_rule(output, x, lambda g, s: _layer_norm_backward(g.to(s.dtype), None, s), sd)
     return with_rule(output, x, lambda g, w, s: _layer_norm_backward(g.to(s.dtype), w, s), weight, sd)
+
+
+def l2_normalize_identity(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+    """F.normalize(x, dim) with the identity rule's backward: the norm max(||x||, eps) held constant."""
+    output = F.normalize(x, dim=dim, eps=eps)
+    with torch.no_grad():
+        norm = x.norm(dim=dim, keepdim=True).clamp(min=eps)
+    return with_rule(output, x, lambda g, n: g / n, norm)
 
 
 def activation_identity(x: torch.Tensor, output: torch.Tensor, at_zero: float = 0.5) -> torch.Tensor:

@@ -16,7 +16,8 @@ class VITAGCAM(TappedExplainer):
     The map is scaled to its maximum (both factors are non-negative). One forward and one backward.
 
     Defined for timm's standard ViT blocks (ViT, DeiT, registers, average pooling), Hugging Face
-    ViTs and torchvision ViTs; other families are refused with a ValueError at construction.
+    ViTs, torchvision ViTs and the foundation families (HF CLIP / SigLIP / DINOv2, OpenCLIP);
+    other families are refused with a ValueError at construction.
     `__call__(input_tensor, category_index=None)` as for VITAttentionGradRollout.
     """
 

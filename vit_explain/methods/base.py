@@ -30,7 +30,11 @@ class Explanation:
                 all-zero map stays 0)
     logits:     (B, num_classes) the model's output for the input
     targets:    (B,) long, the class each mask explains (the predicted class where none was given;
-                class-agnostic methods report the predicted class)
+                class-agnostic methods report the predicted class), or the prompt / reference
+                column for a prompt or reference target; None where no class is explained nor
+                predicted: a class-agnostic method (rollout, raw attention, flow) on a model
+                without classes (CLIP, DINOv2) called without a target, whose `logits` are then
+                the image embedding
     head_masks: (B, heads, gh, gw) float32, one map per attention head, each scaled to its own
                 maximum, for methods that show heads (raw attention); None otherwise
 
@@ -108,9 +112,11 @@ class Explanation:
         pictures = None if images is None else as_images(images, len(self.masks))
         count = len(self.masks) if limit is None else max(1, min(int(limit), len(self.masks)))
         probabilities = self.logits.detach().float().softmax(-1).cpu()
-        targets = self.targets.tolist()[:count]
-        captions = [class_caption(target, float(probabilities[i, target]), labels)
-                    for i, target in enumerate(targets)]
+        if self.targets is None:  # a model without classes, explained without a target
+            captions = ["no class (embedding)"] * count
+        else:
+            captions = [class_caption(target, float(probabilities[i, target]), labels)
+                        for i, target in enumerate(self.targets.tolist()[:count])]
         if title is None and count < len(self.masks):
             title = f"explanation: the first {count} of {len(self.masks)} images"
         return explanation_figure(self._numpy("masks")[:count], captions, None if pictures is None else pictures[:count],

@@ -28,12 +28,14 @@ class VITDAAM(TappedExplainer):
     with DAAM's dimension-wise weights w = min-max over d of mean_k(f_hat_d * z_hat_kd), z_k the
     `references` (K, D) (e.g. features of images of one class, as the authors use a k-NN memory
     bank), or the image's own feature when there are none. Label-free maps explain no class:
-    `category_index` must be None, and `targets` report the model output's argmax.
+    `category_index` must be None, and `targets` report the model output's argmax (None on a
+    model without classes).
 
     Definitions as in the authors' code (ly9802/DynamicAccumulatedAttentionMap, utils/DAAM.py; no
     per-block normalisation, as their scripts run it by default); ReLU(C_b) in the label-free mode
     too, where the authors' self-supervised script leaves C_b unclamped. One forward and one backward. Defined for
-    timm's standard ViT blocks, Hugging Face ViTs and torchvision ViTs; other families are refused
+    timm's standard ViT blocks, Hugging Face ViTs, torchvision ViTs and the
+    foundation families (HF CLIP / SigLIP / DINOv2, OpenCLIP); other families are refused
     with a ValueError at construction.
     """
 

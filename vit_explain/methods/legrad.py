@@ -50,6 +50,16 @@ class VITLeGrad(Explainer):
     single backward of sum_l s_l gives each A_l its own d s_l / d A_l (see
     `vit_explain.recording.blocks`). Defined for timm ViT-style models, Hugging Face ViTs and
     torchvision ViTs; CaiT and Swin are refused with a ValueError at construction.
+
+    Attention-pooled models (SigLIP: timm's global_pool="map", transformers' SiglipModel) get
+    LeGrad as its authors define it for SigLIP: block l's tokens, as they are, go through the
+    model's own final norm and attention pool (and projection) to give s_l, and the gradient is
+    taken with respect to the POOL's attention P_l (its latent query over block l's tokens), not
+    the block's self-attention: the block's map is ReLU(d s_l / d P_l) averaged over the heads
+    (and the latents; SigLIP has one). `pooling` does not apply there (a mean of the tokens would
+    give the pool identical keys). The authors' code feeds the pool the block's tokens without
+    the final norm the model applies before it, and can subtract an "empty prompt" map; here
+    the pool reads the tokens as the model's own forward does, and no correction is made.
     """
 
     has_layer_maps = True  # explain(x, per_layer=True): each chosen block's map
@@ -62,19 +72,22 @@ class VITLeGrad(Explainer):
         self.adapter.check_attention()
         self.layers = chosen_layers(layers, len(self.blocks))
         self.pooling = pooling
+        self.through_pool = self.adapter.pooled_by_attention()
 
     def layer_maps(self, input_tensor: torch.Tensor, category_index=None) -> LayerMaps:
         """Each chosen block's map, unscaled, with the logits and the explained classes."""
         x = self.model_input(input_tensor)
-        score = partial(self.adapter.scores_of_tokens, pooling=self.pooling)
+        # through the pool: the block's tokens as they are, read by the model's own pool
+        score = partial(self.adapter.scores_of_tokens, pooling="model" if self.through_pool else self.pooling)
         attention = self.adapter.recorder(gradients=True)
         with BlockScoreRecorder(attention, self.blocks, self.layers, score) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
-            gradients = [g.detach() for g in rec.score_gradients(targets)]
+            found = rec.pool_gradients(targets) if self.through_pool else rec.score_gradients(targets)
+            gradients = [g.detach() for g in found]
         check_gradients_flow(self.model, gradients)  # an all-zero map would say nothing
         shape = gradients[0].shape
-        if len(shape) != 4 or shape[-1] != shape[-2]:
+        if len(shape) != 4 or (shape[-1] != shape[-2] and not self.through_pool):
             raise ValueError(f"LeGrad needs (B, heads, N, N) attention in every block of {type(self.model).__name__}; "
                              f"got {tuple(shape)}")
         layout = self.adapter.layout(tuple(x.shape[-2:]), shape[-1])

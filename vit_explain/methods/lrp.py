@@ -2,6 +2,7 @@
 propagation for ViTs, as gradient x input with a modified backward; signed, at pixel level."""
 from __future__ import annotations
 
+import contextlib
 import math
 from functools import partial
 
@@ -9,11 +10,11 @@ import torch
 import torch.nn.functional as F
 
 from ..math.grid import scale_to_max
-from ..math.lrp import (activation_identity, gamma_rule, layer_norm_identity, patch_sums, pixel_relevance,
-                        scaled_gradient)
+from ..math.lrp import (activation_identity, gamma_rule, l2_normalize_identity, layer_norm_identity, patch_sums,
+                        pixel_relevance, scaled_gradient)
 from ..recording import resolve_targets
 from ..recording.rules import RuleRecorder
-from .adapters.lrp import lrp_parts
+from .adapters.lrp import QUERY_KEY_SCALE, VALUE_SCALE, lrp_parts
 from .base import Explainer, Explanation
 
 ATTENTION_RULES = ("cp", "attnlrp")
@@ -33,6 +34,33 @@ def _detach_rule(module, inputs, output):
 
 def _scale_rule(scales, module, inputs, output):
     return scaled_gradient(output, scales)
+
+
+# nn.MultiheadAttention.forward(query, key, value, ...): the arguments its rules replace
+MULTIHEAD_ARGUMENTS = ("query", "key", "value")
+
+
+def _multihead_rule(attention: str, module, args, kwargs):
+    """The attention rule on the query, key and value arguments of an nn.MultiheadAttention: CP
+    detaches the query and the key (the weights are then constants, the output linear in the
+    values); AttnLRP scales their gradients by 1/4 and the value's by 1/2 (a linear projection
+    passes a scaled gradient on scaled, so this equals the scales on the projections' outputs)."""
+    args, kwargs = list(args), dict(kwargs)
+    for position, name in enumerate(MULTIHEAD_ARGUMENTS):
+        inside = position < len(args)
+        value = args[position] if inside else kwargs.get(name)
+        if not torch.is_tensor(value):
+            continue
+        if attention == "cp":
+            value = value if name == "value" else value.detach()
+        else:
+            scale = VALUE_SCALE if name == "value" else QUERY_KEY_SCALE
+            value = scaled_gradient(value, torch.tensor(scale, dtype=value.dtype, device=value.device))
+        if inside:
+            args[position] = value
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
 
 
 def _linear_op(module, x, weight):
@@ -72,9 +100,18 @@ class VITCPLRP(Explainer):
     scaled to a maximum of 1 (the patches that speak for the class; an image with no positive
     patch gets an all-zero mask). `Explanation.signed` is True.
 
-    Defined for timm's standard ViT and Hugging Face ViTs; other families are refused with a
-    ValueError at construction naming the model (`vit_explain/methods/adapters/lrp.py`). The
-    model's forward is never patched: the rules are forward hooks for the call only.
+    Prompt and reference targets (CLIP-family scores scale * cos(image embedding, key) + bias):
+    the L2 normalisation of the image embedding takes the identity rule (its norm held constant,
+    as LayerNorm's standard deviation), so the relevance sums to the score less the bias, in the
+    units of the explained score (`vit_explain.math.lrp`: the true gradient of a cosine similarity
+    would hand the input a total of zero).
+
+    Defined for timm's standard ViT, Hugging Face ViTs, the vision towers of Hugging Face CLIP,
+    SigLIP (its attention-pooling head included) and DINOv2, and OpenCLIP ViTs; other families are
+    refused with a ValueError at construction naming the model (`vit_explain/methods/adapters/lrp.py`,
+    `lrp_foundation.py`). `gamma` > 0 is refused where an nn.MultiheadAttention computes
+    projections the rule cannot reach (OpenCLIP's blocks, SigLIP's head). The model's forward is
+    never patched: the rules are forward hooks and pre-hooks for the call only.
     """
 
     signed = True
@@ -87,6 +124,9 @@ class VITCPLRP(Explainer):
         self.attention = attention
         super().__init__(model)
         self.parts = lrp_parts(self.adapter)  # ValueError naming the model where the rules are not defined
+        if self.gamma and self.parts.multihead:
+            raise ValueError(f"gamma > 0 cannot apply to {type(model).__name__}: its nn.MultiheadAttention computes "
+                             "its projections inside one call, where the gamma rule cannot reach them; use gamma=0")
 
     def rules(self, tokens: list) -> list:
         """(module, rule) pairs for the recording, in the order each module's rules apply."""
@@ -103,11 +143,20 @@ class VITCPLRP(Explainer):
             rules += [(m, partial(_scale_rule, scales)) for m, scales in parts.attention_scales]
         return rules
 
+    def normalisation_rule(self):
+        """A prompt's or reference's scores with the L2 normalisation's identity rule, for the call."""
+        scorer = self.adapter.scorer
+        if scorer is None:
+            return contextlib.nullcontext()
+        return self.adapter.scoring(scorer.with_normalize(l2_normalize_identity))
+
     def relevance(self, input_tensor: torch.Tensor, category_index=None):
         """(pixel relevance (B, H, W), logits, targets, token count): the input times its modified gradient."""
         x = self.model_input(input_tensor)
         tokens: list[int] = []
-        with RuleRecorder(self.model, self.rules(tokens), call=self.adapter.logits) as rec:
+        pre_rules = [(m, partial(_multihead_rule, self.attention)) for m in self.parts.multihead]
+        with self.normalisation_rule(), \
+                RuleRecorder(self.model, self.rules(tokens), call=self.adapter.logits, pre_rules=pre_rules) as rec:
             logits = rec.forward(x)
             targets = resolve_targets(logits, category_index)
             gradient = rec.input_gradient(logits, targets).detach()

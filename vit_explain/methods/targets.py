@@ -14,11 +14,14 @@ scores, exactly as it explains one class of a classifier's logits:
 The prompts' and references' embeddings are computed once, without gradients (`Scorer`); then
 the adapter's one way of calling the model (`Adapter.logits`, `scores_of_tokens`) maps the image
 embedding through the scorer, so every method that differentiates a score explains any target
-unchanged. Rollout and raw attention do not read the score, and ignore it as they ignore a class.
+unchanged. Rollout and raw attention do not read the score, and ignore it as they ignore a class;
+on a model without classes and without a target they explain no class: `Explanation.targets`
+is None (the model's output is an embedding, whose largest component is no prediction).
 """
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import numbers
 from dataclasses import dataclass
@@ -61,11 +64,17 @@ class Scorer:
     """A resolved prompt or reference target: embedding (B, D) -> scores (B, K), one column per
     prompt or reference. Build it once (`resolve`) to explain many batches with it."""
 
-    def __init__(self, kind: str, keys: torch.Tensor, scale, bias, labels: list[str]):
+    def __init__(self, kind: str, keys: torch.Tensor, scale, bias, labels: list[str], normalize=None):
         self.kind, self.keys, self.scale, self.bias, self.labels = kind, keys, scale, bias, labels
+        self.normalize = normalize or functools.partial(F.normalize, dim=-1)
+
+    def with_normalize(self, normalize) -> "Scorer":
+        """The same scores with another L2 normalisation of the image embedding (same values, another
+        backward: CP-LRP holds the norm constant, see vit_explain.math.lrp)."""
+        return Scorer(self.kind, self.keys, self.scale, self.bias, self.labels, normalize)
 
     def __call__(self, embedding: torch.Tensor) -> torch.Tensor:
-        image = F.normalize(embedding, dim=-1)
+        image = self.normalize(embedding)
         scores = image @ self.keys.to(image.dtype).t()
         if self.scale is not None:
             scores = scores * self.scale
@@ -140,10 +149,16 @@ def explains_targets(explain):
                     raise ValueError("give the class as category_index or as target, not both")
                 category_index = target
             # methods that never read the score (rollout, raw attention, flow) need no class
-            reads_score = getattr(self, "needs_gradients", True)
-            if reads_score and adapter.scorer is None and "class" not in adapter.targets:
+            # label-free DAAM reads its own score of the features, not a class
+            reads_score = getattr(self, "needs_gradients", True) and not getattr(self, "label_free", False)
+            classless = adapter.scorer is None and "class" not in adapter.targets
+            if reads_score and classless:
                 raise refuse(adapter, "a class (it has no classifier head)")
-            return explain(self, input_tensor, category_index, per_layer)
+            explanation = explain(self, input_tensor, category_index, per_layer)
+            if classless:
+                # the output is an embedding: its argmax is no class, so none is reported
+                explanation = dataclasses.replace(explanation, targets=None)
+            return explanation
         scorer = resolve(self, target)
         with adapter.scoring(scorer):
             return explain(self, input_tensor, category_index, per_layer)

@@ -23,7 +23,8 @@ class VITTokenTM(TappedExplainer):
     models), scaled to its maximum. These are the definitions of the reimplementation the LibraGrad
     authors use (the TokenTM authors published no code). One forward and one backward.
 
-    Defined for timm's standard ViT blocks, Hugging Face ViTs and torchvision ViTs; other families
+    Defined for timm's standard ViT blocks, Hugging Face ViTs, torchvision ViTs and the
+    foundation families (HF CLIP / SigLIP / DINOv2, OpenCLIP); other families
     are refused with a ValueError at construction. `__call__(input_tensor, category_index=None)`
     as for VITAttentionGradRollout.
     """

@@ -121,3 +121,16 @@ class BlockScoreRecorder(RecordingSession):
         with torch.inference_mode(False), torch.enable_grad():  # the sum joins the graph, also under no_grad
             total = torch.stack(self.scores).sum(dim=0)   # sum_l s_l: one backward serves every block
             return self.gradients_wrt(total, targets, [self.attentions[i] for i in self.chosen])
+
+    def pool_gradients(self, targets) -> list[torch.Tensor]:
+        """d s_l / d P_l for every chosen block l, P_l the attention (B, H, latents, N) of the model's
+        attention pool when the score reads block l's tokens through it (LeGrad on SigLIP-style
+        models). The attention recorder keeps every call of the pool in order: the scores call it
+        block by block during the forward, the model's own call comes last."""
+        pools = list(getattr(self.attention, "pool_attentions", None) or ())
+        if len(pools) != len(self.chosen) + 1:
+            raise RuntimeError(f"the attention pool of {type(self.model).__name__} ran {len(pools)} times for "
+                               f"{len(self.chosen)} block scores and the model's own read-out")
+        with torch.inference_mode(False), torch.enable_grad():
+            total = torch.stack(self.scores).sum(dim=0)
+            return self.gradients_wrt(total, targets, pools[:len(self.chosen)])

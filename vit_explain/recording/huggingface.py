@@ -141,6 +141,11 @@ class HuggingFaceAttentionRecorder(RecordingSession):
             return None
         return self.pool.attentions[-1].mean(dim=1)[:, :1]
 
+    @property
+    def pool_attentions(self) -> list[torch.Tensor]:
+        """(B, H, 1, N) of every call of the pool, in order (the model's own call last)."""
+        return [] if self.pool is None else self.pool.attentions
+
     def reset(self) -> None:
         self.attentions = []
         if self.pool is not None:

@@ -45,13 +45,15 @@ def pool_attention(pool: nn.Module, tokens: torch.Tensor) -> tuple[torch.Tensor,
 class LatentPoolAttentionRecorder(AttentionRecorder):
     """An `AttentionRecorder` of the blocks that also records the attention pool `pool`:
     `rec.pool_attention` (B, H, latents, N) and `rec.readout` (B, 1, N), the row the model reads
-    (heads averaged; the first latent for "token" pooling, their mean for "avg")."""
+    (heads averaged; the first latent for "token" pooling, their mean for "avg"), both of the
+    model's own (last) call of the pool; `rec.pool_attentions` holds every call's, in order (LeGrad
+    calls the pool once per block before the model does)."""
 
     def __init__(self, model: nn.Module, pool: nn.Module, attention_layer_name: str, gradients: bool = False,
                  reduce=None, call=None):
         super().__init__(model, attention_layer_name, gradients=gradients, reduce=reduce, call=call)
         self.pool = pool
-        self.pool_attention: torch.Tensor | None = None
+        self.pool_attentions: list[torch.Tensor] = []
 
     def install(self) -> None:
         super().install()
@@ -61,8 +63,13 @@ class LatentPoolAttentionRecorder(AttentionRecorder):
         if kwargs.get("attn_mask") is not None or len(args) > 1:
             raise ValueError(f"{type(self.model).__name__}'s attention pool was called with a mask; "
                              "vit-explain records it without one")
-        pooled, self.pool_attention = pool_attention(module, args[0] if args else kwargs["x"])
+        pooled, attention = pool_attention(module, args[0] if args else kwargs["x"])
+        self.pool_attentions.append(attention)
         return pooled
+
+    @property
+    def pool_attention(self) -> torch.Tensor | None:
+        return self.pool_attentions[-1] if self.pool_attentions else None
 
     @property
     def readout(self) -> torch.Tensor | None:
@@ -73,7 +80,7 @@ class LatentPoolAttentionRecorder(AttentionRecorder):
 
     def reset(self) -> None:
         super().reset()
-        self.pool_attention = None
+        self.pool_attentions = []
 
     def check_recorded(self) -> None:
         super().check_recorded()

@@ -3,7 +3,10 @@ backward, and take the gradient of the explained score with respect to the input
 methods (CP-LRP, AttnLRP) need.
 
 A rule is a function (module, inputs, output) -> the output to pass on, or None to pass the
-module's own; it is installed as a forward hook for the call only. The model's forward is never
+module's own; it is installed as a forward hook for the call only. A pre-rule is a function
+(module, args, kwargs) -> (args, kwargs) to call the module with, installed as a forward pre-hook:
+for modules whose parts are computed inside one call (`nn.MultiheadAttention` projects its query,
+key and value arguments itself), a rule on the arguments is the only place to change them. The model's forward is never
 patched: the hooks are removed on exit, also when the call raises, and the model's state comes
 back as it was (`RecordingSession`).
 """
@@ -18,6 +21,7 @@ from torch import nn
 from .session import RecordingSession
 
 Rule = Callable[[nn.Module, tuple, torch.Tensor], "torch.Tensor | None"]
+PreRule = Callable[[nn.Module, tuple, dict], "tuple[tuple, dict] | None"]
 
 
 class RuleRecorder(RecordingSession):
@@ -33,19 +37,28 @@ class RuleRecorder(RecordingSession):
     model computes that part without calling the module, and the rule would silently not apply).
     """
 
-    def __init__(self, model: nn.Module, rules: Sequence[tuple[nn.Module, Rule]], call=None):
+    def __init__(self, model: nn.Module, rules: Sequence[tuple[nn.Module, Rule]], call=None,
+                 pre_rules: Sequence[tuple[nn.Module, PreRule]] = ()):
         super().__init__(model, gradients=True, call=call)
         self.rules = list(rules)
+        self.pre_rules = list(pre_rules)
         self.input: torch.Tensor | None = None
-        self._calls: list[int] = [0] * len(self.rules)
+        self._calls: list[int] = [0] * (len(self.rules) + len(self.pre_rules))
 
     def install(self) -> None:
         for index, (module, rule) in enumerate(self.rules):
             self._handles.append(module.register_forward_hook(partial(self._apply, index, rule)))
+        for index, (module, rule) in enumerate(self.pre_rules, start=len(self.rules)):
+            self._handles.append(module.register_forward_pre_hook(partial(self._apply_pre, index, rule),
+                                                                  with_kwargs=True))
 
     def _apply(self, index: int, rule: Rule, module, inputs, output):
         self._calls[index] += 1
         return rule(module, inputs, output)
+
+    def _apply_pre(self, index: int, rule: PreRule, module, args, kwargs):
+        self._calls[index] += 1
+        return rule(module, args, kwargs)
 
     def run(self, input_tensor: torch.Tensor) -> torch.Tensor:
         self.input = input_tensor
@@ -53,10 +66,11 @@ class RuleRecorder(RecordingSession):
 
     def reset(self) -> None:
         self.input = None
-        self._calls = [0] * len(self.rules)
+        self._calls = [0] * (len(self.rules) + len(self.pre_rules))
 
     def check_recorded(self) -> None:
-        missed = [type(module).__name__ for (module, _), calls in zip(self.rules, self._calls) if calls == 0]
+        missed = [type(module).__name__ for (module, _), calls in zip(self.rules + self.pre_rules, self._calls)
+                  if calls == 0]
         if missed:
             raise RuntimeError(f"{type(self.model).__name__} never called some modules whose backward rules apply "
                                f"({', '.join(sorted(set(missed)))}) during the forward pass")

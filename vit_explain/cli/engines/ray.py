@@ -232,7 +232,7 @@ class RayRun:
         done = set() if o.overwrite else explained_requests(self.dataset)
         failures, todo = [(p, misnamed_message(p)) for p in self.inputs.misnamed], []
         for path in self.inputs.images:
-            if self.explaining.request(path)["request"] in done:
+            if all(request["request"] in done for request in self.explaining.requests(path)):  # every target
                 self.skipped += 1
                 continue
             problem = None if is_uri(path) else unreadable(Path(path))
@@ -292,7 +292,8 @@ class RayRun:
         for part in part_files(self.dataset):
             if part.name.startswith(f"part-{self.options.run_id}-"):
                 written.update(pq.read_table(part, columns=["request"]).column("request").to_pylist())
-        missing = [path for path in todo if self.explaining.request(path)["request"] not in written]
+        missing = [path for path in todo
+                   if not any(request["request"] in written for request in self.explaining.requests(path))]
         if missing:
             rows = [error_row(self.explaining.failure(path, f"{shown(path)}: not found when Ray read it"),
                               f"{shown(path)}: not found when Ray read it") for path in missing]

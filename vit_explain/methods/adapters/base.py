@@ -178,6 +178,12 @@ class Adapter:
         raise ValueError(f"LeGrad needs the model's final norm and head; vit-explain does not know them "
                          f"for {type(self.model).__name__}")
 
+    def pooled_by_attention(self) -> bool:
+        """Whether an attention pool (a learned query over every token, SigLIP's "map") reads the
+        last tokens: LeGrad then reads each block through that pool and differentiates the pool's
+        attention (`scores_of_tokens` with pooling "model" must call the model's own pool)."""
+        return False
+
     # The parts of every block, one entry per block of blocks(), for AGCAM, TokenTM and DAAM.
     def attention_modules(self) -> list[nn.Module]:
         """The module of each block that takes the (normalised) tokens and returns the attention's

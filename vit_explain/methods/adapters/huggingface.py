@@ -32,13 +32,15 @@ class Projections(NamedTuple):
 
 
 def projections(layer: nn.Module) -> Projections | None:
-    """transformers >= 5: layer.attention.{q,k,v,o}_proj; earlier: layer.attention.attention.{query,
-    key,value} and layer.attention.output.dense. None for anything else."""
-    attention = getattr(layer, "attention", None)
-    if all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+    """transformers >= 5: layer.attention.{q,k,v,o}_proj (ViT, DINOv2) or layer.self_attn.{q,k,v,out}_proj
+    (CLIP, SigLIP); earlier: layer.attention.attention.{query,key,value} and layer.attention.output.dense.
+    None for anything else."""
+    attention = getattr(layer, "attention", None) or getattr(layer, "self_attn", None)
+    output = getattr(attention, "o_proj", None) or getattr(attention, "out_proj", None)
+    if output is not None and all(hasattr(attention, n) for n in ("q_proj", "k_proj", "v_proj", "head_dim")):
         heads = attention.q_proj.out_features // attention.head_dim
-        return Projections(attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj, heads,
-                           float(getattr(attention, "scaling", attention.head_dim ** -0.5)))
+        scaling = getattr(attention, "scaling", getattr(attention, "scale", attention.head_dim ** -0.5))
+        return Projections(attention.q_proj, attention.k_proj, attention.v_proj, output, heads, float(scaling))
     inner, output = getattr(attention, "attention", None), getattr(attention, "output", None)
     if all(hasattr(inner, n) for n in ("query", "key", "value", "attention_head_size")) and hasattr(output, "dense"):
         return Projections(inner.query, inner.key, inner.value, output.dense, int(inner.num_attention_heads),
@@ -46,11 +48,27 @@ def projections(layer: nn.Module) -> Projections | None:
     return None
 
 
-def _heads(heads: int, scale: float, tensor: torch.Tensor) -> torch.Tensor:
+def head_split(heads: int, scale: float, tensor: torch.Tensor) -> torch.Tensor:
     """(B, N, H * d) -> (B, H, N, d), times scale."""
     batch, tokens, width = tensor.shape
     split = tensor.view(batch, tokens, heads, width // heads).transpose(1, 2)
     return split if scale == 1.0 else split * scale
+
+
+def projection_taps(kind: str):
+    """An adapter method giving the taps of kind "query_key", "value" or "mixed" from the adapter's
+    `_projections()` (transformers' separate q/k/v projections, eager attention: (q @ k^T) * scaling);
+    shared by the Hugging Face adapters."""
+    def taps(self):
+        found = self._projections()
+        if kind == "query_key":
+            return ([Tap(p.query, "output", partial(head_split, p.heads, p.scaling)) for p in found],
+                    [Tap(p.key, "output", partial(head_split, p.heads, 1.0)) for p in found])
+        if kind == "value":
+            return [Tap(p.value, "output", partial(head_split, p.heads, 1.0)) for p in found]
+        return [Tap(p.output, "input") for p in found]
+    taps.__name__ = f"{kind}_taps"
+    return taps
 
 
 def _hf_class(model: nn.Module) -> str | None:
@@ -159,17 +177,7 @@ class HuggingFaceViTAdapter(Adapter):
         self._projections()
         return [layer.attention for layer in self.blocks()]
 
-    def query_key_taps(self):
-        found = self._projections()
-        # eager attention: (q @ k^T) * scaling
-        return ([Tap(p.query, "output", partial(_heads, p.heads, p.scaling)) for p in found],
-                [Tap(p.key, "output", partial(_heads, p.heads, 1.0)) for p in found])
-
-    def value_taps(self):
-        return [Tap(p.value, "output", partial(_heads, p.heads, 1.0)) for p in self._projections()]
-
-    def mixed_taps(self):
-        return [Tap(p.output, "input") for p in self._projections()]
+    query_key_taps, value_taps, mixed_taps = (projection_taps(name) for name in ("query_key", "value", "mixed"))
 
     def residual_taps(self):
         self._projections()

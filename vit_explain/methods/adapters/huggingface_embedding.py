@@ -17,8 +17,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ...recording import DEFAULT_ATTENTION_LAYER, HuggingFaceAttentionRecorder, default_target_layer
+from ...recording import DEFAULT_ATTENTION_LAYER, HuggingFaceAttentionRecorder, Tap, default_target_layer
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded
+from .huggingface import Projections, projection_taps, projections
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class Family:
     pooling: str                                      # "token" (class token) or "map" (attention pool)
     targets: tuple[str, ...]
     gradcam_layer: str                                # transformers' name for a layer's first norm
+    second_norm: str                                  # ... its second norm (its input: the post-attention residual)
+    feature: Callable[[nn.Module], object] | None = None  # model -> Tap of the pooled (B, D) features
     fixed_size: bool = True                           # the input must be config.image_size
     pad_to_max_length: bool = False                   # SigLIP's text tower was trained on max-length padding
 
@@ -45,14 +48,17 @@ FAMILIES = {
     "CLIPModel": Family(vision=lambda m: m.vision_model, projection=lambda m: m.visual_projection,
                         final=lambda m: m.vision_model.post_layernorm, layers=lambda m: m.vision_model.encoder.layers,
                         vision_config=lambda c: c.vision_config, num_prefix=1, pooling="token",
-                        targets=("prompt", "reference"), gradcam_layer="layer_norm1"),
+                        targets=("prompt", "reference"), gradcam_layer="layer_norm1",
+                        second_norm="layer_norm2", feature=lambda m: Tap(m.visual_projection, "input")),
     "SiglipModel": Family(vision=lambda m: m.vision_model, projection=_identity,
                           final=lambda m: m.vision_model.post_layernorm, layers=lambda m: m.vision_model.encoder.layers,
                           vision_config=lambda c: c.vision_config, num_prefix=0, pooling="map",
-                          targets=("prompt", "reference"), gradcam_layer="layer_norm1", pad_to_max_length=True),
+                          targets=("prompt", "reference"), gradcam_layer="layer_norm1", pad_to_max_length=True,
+                          second_norm="layer_norm2", feature=lambda m: Tap(m.vision_model.head, "output")),
     "Dinov2Model": Family(vision=lambda m: m, projection=_identity, final=lambda m: m.layernorm,
                           layers=lambda m: m.encoder.layer, vision_config=lambda c: c, num_prefix=1, pooling="token",
-                          targets=("reference",), gradcam_layer="norm1", fixed_size=False),
+                          targets=("reference",), gradcam_layer="norm1", fixed_size=False,
+                          second_norm="norm2"),
 }
 
 
@@ -182,6 +188,9 @@ class HuggingFaceEmbeddingAdapter(Adapter):
     def blocks(self) -> list[nn.Module]:
         return list(self.family.layers(self.model))
 
+    def pooled_by_attention(self) -> bool:
+        return self.family.pooling == "map"
+
     def scores_of_tokens(self, tokens, pooling):
         """The pooled, projected embedding of one layer's tokens, scored. "mean": every token
         replaced by the mean of all of them (LeGrad's published pooling), then the model's own
@@ -194,6 +203,28 @@ class HuggingFaceEmbeddingAdapter(Adapter):
         else:
             pooled = normed[:, 0]
         return self.scored(self.family.projection(self.model)(pooled))
+
+    # --- the parts of every layer (AGCAM, TokenTM, DAAM): separate q/k/v projections, as HF ViT's
+    def _projections(self) -> list[Projections]:
+        found = [projections(layer) for layer in self.blocks()]
+        if any(p is None for p in found):
+            raise self.unknown("query, key and value projections")
+        return found
+
+    def attention_modules(self):
+        self._projections()
+        return [getattr(layer, "self_attn", None) or layer.attention for layer in self.blocks()]
+
+    query_key_taps, value_taps, mixed_taps = (projection_taps(name) for name in ("query_key", "value", "mixed"))
+
+    def residual_taps(self):
+        self._projections()
+        return [Tap(getattr(layer, self.family.second_norm), "input") for layer in self.blocks()]
+
+    def feature_tap(self):
+        if self.family.feature is None:
+            raise self.unknown("pooled features (a module whose input or output they are)")
+        return self.family.feature(self.model)
 
 
 # The example's tokenizer: a few words, enough to tell prompts apart

@@ -11,15 +11,17 @@ the rules cover (or is linear on its own: dropout in eval mode, identity, layer 
   attention's q_norm / k_norm outputs (the queries and keys, detached by CP-LRP), its packed qkv
   projection (AttnLRP's gradient scales), every Linear and the patch embedding's convolution;
 * Hugging Face ViTForImageClassification: the same parts under transformers' names (separate
-  query, key and value projections).
+  query, key and value projections);
+* the vision towers of Hugging Face CLIPModel, SiglipModel and Dinov2Model, and OpenCLIP ViTs:
+  see `lrp_foundation.py`.
 
-torchvision ViTs compute their queries and keys inside `nn.MultiheadAttention`'s one function call
-(nothing to detach them at without patching its forward), CaiT has class-attention and
-talking-heads blocks, Swin windowed attention: refused.
+torchvision ViTs are not given rules (their `nn.MultiheadAttention` would take the argument rules
+OpenCLIP's do; not done yet), CaiT has class-attention and talking-heads blocks, Swin windowed
+attention: refused.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -43,6 +45,7 @@ ACTIVATIONS = {
 PASS_THROUGH = {
     ("torch.nn.modules.dropout", "Dropout"), ("torch.nn.modules.linear", "Identity"),
     ("timm.layers.drop", "DropPath"), ("timm.layers.layer_scale", "LayerScale"),
+    ("open_clip.transformer", "LayerScale"),
 }
 
 
@@ -56,24 +59,27 @@ class LRPParts:
     patch_embedding: nn.Module  # the patch embedding's Conv2d: the gamma rule when asked
     patch_size: tuple[int, int]
     first_norm: nn.Module  # the first block's first norm: its input (B, N, C) gives the token count
+    # nn.MultiheadAttention modules: they project query, key and value inside one call, so their
+    # rules act on those three arguments (forward pre-hooks); the gamma rule cannot reach them
+    multihead: list = field(default_factory=list)
 
 
 def _kind(module: nn.Module) -> tuple[str, str]:
     return type(module).__module__, type(module).__name__
 
 
-def _check_leaves(model: nn.Module, allowed: set) -> None:
-    """ValueError naming the model and the first module without children that no rule covers."""
+def _check_leaves(model: nn.Module, allowed: set, name_of: str | None = None) -> None:
+    """ValueError naming the model (or name_of) and the first module without children that no rule covers."""
     for name, module in model.named_modules():
         if next(module.children(), None) is not None:
             continue
         if isinstance(module, (nn.Linear, nn.LayerNorm)) or _kind(module) in ACTIVATIONS | PASS_THROUGH | allowed:
             if getattr(module, "inplace", False) and _kind(module) in PASS_THROUGH:
                 raise ValueError(f"CP-LRP cannot follow the in-place {type(module).__name__} at {name!r} of "
-                                 f"{type(model).__name__}")
+                                 f"{name_of or type(model).__name__}")
             continue
         raise ValueError(f"CP-LRP's rules do not cover {type(module).__name__} at {name!r} of "
-                         f"{type(model).__name__}; its relevance would not be conserved")
+                         f"{name_of or type(model).__name__}; its relevance would not be conserved")
 
 
 def _scales(width: int, parts: tuple[float, ...], device, dtype) -> torch.Tensor:
@@ -160,6 +166,11 @@ def lrp_parts(adapter: Adapter) -> LRPParts:
         return timm_parts(adapter.model)
     if type(adapter) is HuggingFaceViTAdapter:
         return huggingface_parts(adapter)
-    raise ValueError(f"CP-LRP's rules are defined for timm's standard ViT and Hugging Face ViTs; vit-explain "
+    from .lrp_foundation import foundation_parts  # the families of lrp_foundation.py, or None
+    parts = foundation_parts(adapter)
+    if parts is not None:
+        return parts
+    raise ValueError(f"CP-LRP's rules are defined for timm's standard ViT, Hugging Face ViTs, the vision towers of "
+                     f"Hugging Face CLIP, SigLIP and DINOv2 and OpenCLIP ViTs; vit-explain "
                      f"does not apply them to {type(adapter.model).__name__} (its attention computes queries and "
                      "keys where no module output can detach them, or its blocks are of another kind)")

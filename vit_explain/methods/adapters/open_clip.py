@@ -16,6 +16,7 @@ from torch import nn
 
 from ...recording import MultiheadAttentionRecorder, check_multihead, find_multihead_attention
 from .base import Adapter, TokenLayout, check_input_shape, pair, seeded
+from .torchvision import MultiheadTaps
 
 
 def is_open_clip(model: nn.Module) -> bool:
@@ -23,7 +24,7 @@ def is_open_clip(model: nn.Module) -> bool:
     return any(cls.__module__.split(".")[0] == "open_clip" for cls in type(model).__mro__) and hasattr(model, "visual")
 
 
-class OpenCLIPAdapter(Adapter):
+class OpenCLIPAdapter(MultiheadTaps, Adapter):
     """open_clip.CLIP and CustomTextCLIP with open_clip's VisionTransformer image tower."""
 
     targets = ("prompt", "reference")
@@ -121,3 +122,9 @@ class OpenCLIPAdapter(Adapter):
         # final_ln_after_pool: the tower pools first, then normalises (its own order)
         pooled = visual.ln_post(pool(tokens)) if visual.final_ln_after_pool else pool(visual.ln_post(tokens))
         return self.scored(pooled if visual.proj is None else pooled @ visual.proj)
+
+    # --- the parts of every block (AGCAM, TokenTM, DAAM): `MultiheadTaps`, as torchvision's
+    def attention_modules(self):
+        self.check_attention()
+        return [block.attn for block in self.blocks()]
+

@@ -175,6 +175,9 @@ class TimmAdapter(Adapter):
                              "lacks them")
         return list(blocks)
 
+    def pooled_by_attention(self) -> bool:
+        return pooling_of(self.model) == "map"
+
     def scores_of_tokens(self, tokens, pooling):
         norm = getattr(self.model, "norm", None)
         norm = (lambda t: t) if norm is None else norm

@@ -20,7 +20,8 @@ from .base import Adapter, TokenLayout, check_input_shape, seeded
 TORCHVISION_VIT = ("torchvision.models.vision_transformer", "VisionTransformer")
 
 
-def _projected(attention: nn.MultiheadAttention, which: int, scale: bool, tokens: torch.Tensor) -> torch.Tensor:
+def multihead_projection(attention: nn.MultiheadAttention, which: int, scale: bool,
+                         tokens: torch.Tensor) -> torch.Tensor:
     """One of the attention's input projections (0 query, 1 key, 2 value) of its input tokens,
     (B, H, N, d); the query times head_dim ** -0.5 when scale, as the module scales it. The
     module computes them inside one function call, so they are computed again here."""
@@ -42,7 +43,30 @@ def is_torchvision_vit(model: nn.Module) -> bool:
     return any((cls.__module__, cls.__name__) == TORCHVISION_VIT for cls in type(model).__mro__)
 
 
-class TorchvisionViTAdapter(Adapter):
+class MultiheadTaps:
+    """The taps of blocks whose attention is an nn.MultiheadAttention (`attention_modules()`) and
+    whose second norm is `ln_2` (torchvision's and OpenCLIP's): it computes q, k and v inside one
+    call, so the taps project its input again with its weights."""
+
+    def query_key_taps(self):
+        attentions = self.attention_modules()
+        return ([Tap(a, "input", partial(multihead_projection, a, 0, True)) for a in attentions],
+                [Tap(a, "input", partial(multihead_projection, a, 1, False)) for a in attentions])
+
+    def value_taps(self):
+        return [Tap(a, "input", partial(multihead_projection, a, 2, False)) for a in self.attention_modules()]
+
+    def mixed_taps(self):
+        # only the recorder's replay, out_proj(A @ V) from the recorded weights, calls out_proj as a
+        # module: these taps need a recorder made with gradients=True
+        return [Tap(a.out_proj, "input") for a in self.attention_modules()]
+
+    def residual_taps(self):
+        self.attention_modules()
+        return [Tap(block.ln_2, "input") for block in self.blocks()]
+
+
+class TorchvisionViTAdapter(MultiheadTaps, Adapter):
     """1 class token, token pooling, grid image_size // patch_size; Grad-CAM's default layer is
     the last encoder block's ln_1."""
 
@@ -108,22 +132,6 @@ class TorchvisionViTAdapter(Adapter):
 
     def attention_modules(self):
         return [block.self_attention for block in self.blocks()]
-
-    def query_key_taps(self):
-        attentions = self.attention_modules()
-        return ([Tap(a, "input", partial(_projected, a, 0, True)) for a in attentions],
-                [Tap(a, "input", partial(_projected, a, 1, False)) for a in attentions])
-
-    def value_taps(self):
-        return [Tap(a, "input", partial(_projected, a, 2, False)) for a in self.attention_modules()]
-
-    def mixed_taps(self):
-        # only the recorder's replay, out_proj(A @ V) from the recorded weights, calls out_proj as a
-        # module: these taps need a recorder made with gradients=True
-        return [Tap(a.out_proj, "input") for a in self.attention_modules()]
-
-    def residual_taps(self):
-        return [Tap(block.ln_2, "input") for block in self.blocks()]
 
     def feature_tap(self):
         return Tap(self.model.heads, "input")
