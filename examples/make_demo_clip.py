@@ -9,7 +9,7 @@ triangle, on grey clutter. Each object has a caption, "<colour> <shape>" ("circl
 The model learns which captions are in an image, so a caption can only be recognised from its
 object, and a prompt's explanation has to point at that object and not at the other one.
 
-    python examples/make_demo_clip.py [--out examples]      # ~3-4 minutes on a 2-core CPU
+    python examples/make_demo_clip.py [--out examples]      # ~5 minutes of one CPU core
 """
 import argparse
 import json
@@ -151,8 +151,8 @@ def train(processor, seed: int, count: int, steps: int, batch: int):
     split = count * 9 // 10  # the last tenth is held out
     torch.manual_seed(seed)
     model = make_model(len(processor.tokenizer))
-    # weight decay on the matrices only (nanoGPT's rule): decaying the logit scale would pull the
-    # temperature up, and decaying LayerNorm gains and biases has no regularising purpose
+    # weight decay on the matrices only (nanoGPT's rule): decaying the (log) logit scale would pull
+    # the scale towards 1, a temperature of 1, and LayerNorm gains and biases need no regularising
     matrices = [p for p in model.parameters() if p.dim() >= 2]
     others = [p for p in model.parameters() if p.dim() < 2]
     optimiser = torch.optim.AdamW([{"params": matrices, "weight_decay": 0.05},
@@ -231,7 +231,7 @@ def main():
     parser.add_argument("--images", type=int, default=6000)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)  # the shipped weights were made with 1
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     start = time.time()

@@ -14,6 +14,7 @@ key column dropped; the map is the mean of map_l over the layers.
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from examples.clip_samples import EXAMPLES, lands_on, load_samples
 
@@ -26,10 +27,8 @@ CONCEPTS = sorted({c for s in SAMPLES for c in s.captions})  # all 12: each is i
 
 @pytest.fixture(scope="module")
 def demo():
-    torch.manual_seed(0)
     model = transformers.CLIPModel.from_pretrained(FOLDER, attn_implementation="eager").eval()
     processor = transformers.AutoProcessor.from_pretrained(FOLDER)
-    from PIL import Image
     pixels = processor(images=[Image.open(s.path).convert("RGB") for s in SAMPLES],
                        return_tensors="pt")["pixel_values"]
     return model, processor, pixels
@@ -42,8 +41,9 @@ def text_embeddings(model, processor, prompts: list[str]) -> torch.Tensor:
     return embeds / embeds.norm(dim=-1, keepdim=True)
 
 
-def literal_legrad(model, pixels: torch.Tensor, text: torch.Tensor) -> np.ndarray:
-    """(B, gh, gw) LeGrad maps, image b explained for the normalised text embedding text[b]."""
+def literal_legrad(model, pixels: torch.Tensor, text: torch.Tensor) -> tuple[np.ndarray, torch.Tensor]:
+    """(B, gh, gw) LeGrad maps, image b explained for the normalised text embedding text[b], and
+    the (B, L) scores s_l."""
     vision = model.vision_model
     layers = vision.encoder.layers
     tokens, attentions = [None] * len(layers), [None] * len(layers)
@@ -57,25 +57,26 @@ def literal_legrad(model, pixels: torch.Tensor, text: torch.Tensor) -> np.ndarra
         with torch.enable_grad():
             vision(pixel_values=pixels)
             scale = model.logit_scale.exp().detach()
-            maps = []
+            maps, scores = [], []
             for l in range(len(layers)):
                 pooled = model.visual_projection(vision.post_layernorm(tokens[l][:, 0]))
                 score = scale * (pooled / pooled.norm(dim=-1, keepdim=True) * text).sum(-1)  # (B,)
                 # images are independent in the batch, so the sum's gradient is each image's own
                 grad = torch.autograd.grad(score.sum(), attentions[l], retain_graph=True)[0]  # (B, H, N, N)
                 maps.append(grad.clamp(min=0).mean(dim=(1, 2))[:, 1:])
+                scores.append(score.detach())
     finally:
         for hook in hooks:
             hook.remove()
     heat = torch.stack(maps).mean(0)
     side = int(round(heat.shape[1] ** 0.5))
-    return heat.reshape(-1, side, side).detach().numpy()
+    return heat.reshape(-1, side, side).detach().numpy(), torch.stack(scores, dim=1)
 
 
 def landed(model, processor, pixels, k: int) -> list[bool]:
     """For each sample, whether the LeGrad map of its object k's caption lands on object k."""
     text = text_embeddings(model, processor, [s.captions[k] for s in SAMPLES])
-    heat = literal_legrad(model, pixels, text)
+    heat, _ = literal_legrad(model, pixels, text)
     return [lands_on(h, s.objects, k) for h, s in zip(heat, SAMPLES)]
 
 
@@ -112,6 +113,21 @@ def test_names_both_objects_of_every_sample(demo):
     scores = image @ text.T
     for s, row in zip(SAMPLES, scores):
         assert sorted(CONCEPTS[i] for i in row.topk(2).indices) == sorted(s.captions), s.path.name
+
+
+def test_literal_legrad_scores_its_last_layer_as_clip_does(demo):
+    """The hooks see what CLIP computes: the last layer's s_l is the model's own image-text logit,
+    and the hooked attentions are post-softmax (rows sum to 1)."""
+    model, processor, pixels = demo
+    captions = [s.captions[0] for s in SAMPLES]
+    _, scores = literal_legrad(model, pixels, text_embeddings(model, processor, captions))
+    with torch.no_grad():
+        out = model(pixel_values=pixels, **processor(text=captions, padding=True, return_tensors="pt"))
+    torch.testing.assert_close(scores[:, -1], out.logits_per_image.diagonal(), rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        attentions = model.vision_model(pixel_values=pixels, output_attentions=True).attentions
+    assert len(attentions) == scores.shape[1] == 4
+    torch.testing.assert_close(attentions[0].sum(-1), torch.ones(12, 4, 65))
 
 
 @pytest.mark.parametrize("k", [0, 1])
