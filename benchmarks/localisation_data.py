@@ -53,8 +53,8 @@ def shape_mask(rng: np.random.Generator, side: int, shape: str, centre, size: in
     return mask
 
 
-def two_objects(rng: np.random.Generator, side: int, object_set: str):
-    """(image RGB uint8, [(class index, object mask)] for the two objects)."""
+def two_named_objects(rng: np.random.Generator, side: int, object_set: str):
+    """(image RGB uint8, [(class index, shape name, object mask)] for the two objects)."""
     spec = OBJECT_SETS[object_set]
     colours = list(spec["colours"].values())
     classes = rng.choice(len(colours), 2, replace=False)
@@ -64,13 +64,20 @@ def two_objects(rng: np.random.Generator, side: int, object_set: str):
         while True:
             size = int(rng.uniform(0.10, 0.17) * side)
             centre = tuple(int(v) for v in rng.integers(size + 1, side - size - 1, 2))
-            mask = shape_mask(rng, side, spec["shapes"][rng.integers(len(spec["shapes"]))], centre, size)
+            shape = spec["shapes"][rng.integers(len(spec["shapes"]))]
+            mask = shape_mask(rng, side, shape, centre, size)
             if not (cv2.dilate(mask, np.ones((5, 5), np.uint8)) & taken).any():
                 break
         taken |= mask
         image[mask > 0] = np.clip(np.array(colours[label]) + rng.integers(-20, 21, 3), 0, 255)
-        objects.append((int(label), mask > 0))
+        objects.append((int(label), shape, mask > 0))
     return image, objects
+
+
+def two_objects(rng: np.random.Generator, side: int, object_set: str):
+    """(image RGB uint8, [(class index, object mask)] for the two objects)."""
+    image, objects = two_named_objects(rng, side, object_set)
+    return image, [(label, mask) for label, _, mask in objects]
 
 
 def data_set(seed: int, count: int, side: int, object_set: str):
