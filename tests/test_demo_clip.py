@@ -148,3 +148,54 @@ def test_untrained_model_does_not_pass(demo):
     untrained = transformers.CLIPModel(model.config).eval()
     hits = landed(untrained, processor, pixels, 0) + landed(untrained, processor, pixels, 1)
     assert sum(hits) < 18
+
+
+# ---- vit-explain's own methods on the demo, through `local-dir:` and `Prompt` -------------------
+
+@pytest.fixture(scope="module")
+def library_demo():
+    from vit_explain.io.models import load_model
+    from vit_explain.io.preprocess import Preprocessor
+    model = load_model(f"local-dir:{FOLDER}")
+    preprocess = Preprocessor(model)
+    x = torch.stack([preprocess(Image.open(s.path).convert("RGB")) for s in SAMPLES])
+    return model, x
+
+
+def library_maps(model, x, method: str, k: int, **kwargs) -> np.ndarray:
+    from vit_explain.methods.table import METHODS
+    from vit_explain.methods.targets import Prompt
+    explainer = METHODS[method].load()(model, **kwargs)
+    columns = [CONCEPTS.index(s.captions[k]) for s in SAMPLES]  # each sample's object k's caption
+    return explainer.explain(x, columns, target=Prompt(*CONCEPTS)).masks.numpy()
+
+
+def test_library_preprocessing_is_the_processor_s(demo, library_demo):
+    """The processor's size, mean and std; the resize rounds a few pixels differently (measured:
+    27 of 147456 values, by one 8-bit step at most)."""
+    processor, ours, theirs = demo[1], library_demo[1], demo[2]
+    step = 1 / 255 / min(processor.image_processor.image_std)
+    difference = (ours - theirs).abs()
+    assert ours.shape == theirs.shape and float(difference.max()) <= step * (1 + 1e-4)
+    assert float((difference > 1e-6).float().mean()) < 0.01
+
+
+def test_library_legrad_with_the_model_s_pooling_equals_the_literal_one(demo, library_demo):
+    """VITLeGrad(pooling="model") reads each block through the class token, post_layernorm and
+    the projection, as the literal LeGrad above does: the same maps (min-max scaled)."""
+    model, processor, _ = demo
+    pixels = library_demo[1]  # the same input for both
+    heat, _ = literal_legrad(model, pixels, text_embeddings(model, processor, [s.captions[0] for s in SAMPLES]))
+    low, high = heat.min(axis=(1, 2), keepdims=True), heat.max(axis=(1, 2), keepdims=True)
+    ours = library_maps(library_demo[0], library_demo[1], "legrad", 0, pooling="model")
+    np.testing.assert_allclose(ours, (heat - low) / (high - low), atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["legrad", "cola"])
+@pytest.mark.parametrize("k", [0, 1])
+def test_library_maps_of_each_caption_land_on_its_object(library_demo, method, k):
+    """The issue's bar, with vit-explain's defaults (LeGrad as published: mean of all tokens):
+    each prompt set lands in at least 11 of 12 (measured: LeGrad 12 and 11, CoLa 11 and 12)."""
+    maps = library_maps(*library_demo, method, k)
+    hits = [lands_on(m, s.objects, k) for m, s in zip(maps, SAMPLES)]
+    assert sum(hits) >= 11, [s.path.name for s, hit in zip(SAMPLES, hits) if not hit]
