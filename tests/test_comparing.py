@@ -15,7 +15,7 @@ from tests.helpers import error_lines, run, tiny
 from vit_explain.io import figures
 from vit_explain.io.figure_sinks import FolderSheetSink
 
-METHODS = ("rollout", "chefer", "cp-lrp")
+METHODS = ("rollout", "chefer", "gradsam", "cp-lrp")  # chefer and gradsam share one forward and backward
 SIZES = {"a.png": (90, 60), "b.png": (48, 64)}
 
 
@@ -132,7 +132,7 @@ def test_folder_sheets_are_paged(compared, tiny_model_dir, images, tmp_path, cap
     monkeypatch.setattr(FolderSheetSink, "ROWS_PER_PAGE", 1)
     monkeypatch.setattr(FolderSheetSink, "METHODS_PER_PAGE", 2)
     out = tmp_path / "out"
-    code, _, err = command(capsys, tiny_model_dir, images, out, "--method", ",".join(METHODS), "--sheet",
+    code, _, err = command(capsys, tiny_model_dir, images, out, "--method", "rollout,chefer,cp-lrp", "--sheet",
                            "--outputs", "mask")
     assert code == 0, err
     pages = sorted(out.glob("sheet_*.png"))

@@ -44,6 +44,7 @@ from ..io.outputs import OutputError, OutputLock, check_inputs_outside, check_ou
 from ..io.sinks import SHEETS, SINKS, ExplainedImage, close_all
 from ..io.table import COLUMNS, DATASET, new_run_id, repair, survey
 from ..io.writer import BackgroundWriter
+from ..methods.sharing import share_recordings
 from .common import misnamed_message, report, resolve_device
 from .errors import EXIT_INPUT, EXIT_MODEL, EXIT_OK, EXIT_OUTPUT, EXIT_SOME_FAILED, CommandError, cannot_write
 from .explaining import Explaining, Outcome
@@ -202,6 +203,9 @@ class Run:
             for name in methods[1:]]
         for other in explainings[1:]:
             other.stems = self.explaining.stems
+        # methods that read the same recording (rollout, raw attention, flow; grad-rollout, chefer,
+        # gradsam) share one forward (and backward) per batch
+        share_recordings([explaining.explainer for explaining in explainings])
         self.spec = self.explaining.spec
         self.lanes = self.make_lanes(explainings)
         self.lock = OutputLock(options.output_dir)

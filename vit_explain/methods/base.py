@@ -284,8 +284,13 @@ class AttentionExplainer(Explainer):
         """(B, N) relevance from one recording; methods that read its taps override this."""
         return self.relevance(rec.attentions, rec.gradients, rec.layout)
 
+    shared = None  # a methods.sharing.SharedRecording when a multi-method run shares the model's run
+
     def explain(self, input_tensor: torch.Tensor, category_index=None, per_layer: bool = False) -> Explanation:
-        rec = self.record(input_tensor, category_index, reduce=self.block_reduction())
+        if self.shared is not None:
+            rec = self.shared.record(self, input_tensor, category_index)
+        else:
+            rec = self.record(input_tensor, category_index, reduce=self.block_reduction())
         layout = rec.layout
         # Under a caller's autocast only the model runs in low precision; the relevance math
         # stays in the attention's own dtype.
