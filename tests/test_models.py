@@ -7,16 +7,17 @@ from tests.helpers import literal_rollout, peaky
 from vit_explain import VITAttentionGradRollout, VITAttentionRollout
 from vit_explain.recording import AttentionRecorder
 
-# (timm name, create kwargs, input (H, W), prefix tokens, pooling, grid)
+# (timm name, create kwargs, input (H, W), prefix tokens, pooling, grid); headless by default
+# (DINOv2, EVA02) get a classifier: a class is explained only on a model that has classes
 MODELS = [
     ("deit_tiny_patch16_224", {}, (224, 224), 1, "token", (14, 14)),
     ("vit_tiny_patch16_224", {}, (224, 224), 1, "token", (14, 14)),
     ("deit_tiny_distilled_patch16_224", {}, (224, 224), 2, "token", (14, 14)),
-    ("vit_small_patch14_reg4_dinov2", {"img_size": 224}, (224, 224), 5, "token", (16, 16)),
+    ("vit_small_patch14_reg4_dinov2", {"img_size": 224, "num_classes": 10}, (224, 224), 5, "token", (16, 16)),
     ("vit_medium_patch16_gap_256", {}, (256, 256), 0, "avg", (16, 16)),
     ("vit_tiny_patch16_224", {"dynamic_img_size": True}, (224, 160), 1, "token", (14, 10)),
     ("beit_base_patch16_224", {}, (224, 224), 1, "avg", (14, 14)),
-    ("eva02_tiny_patch14_224", {}, (224, 224), 1, "avg", (16, 16)),
+    ("eva02_tiny_patch14_224", {"num_classes": 10}, (224, 224), 1, "avg", (16, 16)),
 ]
 
 

@@ -59,9 +59,10 @@ def test_every_method_takes_per_layer_and_says_whether_it_has_block_maps(name, f
     except ValueError:
         pytest.skip(f"{adapter.__name__} refuses {name}")
     category = [0, 3, 1] if spec.class_specific else None
-    plain = explainer.explain(X, category)
+    target = adapter.example_target()  # a classless family's example explains prompts or references
+    plain = explainer.explain(X, category, target=target)
     assert plain.layer_masks is None and plain.layer_blocks is None and plain.layer_head_masks is None
-    result = explainer.explain(X, category, per_layer=True)
+    result = explainer.explain(X, category, per_layer=True, target=target)
     torch.testing.assert_close(result.masks, plain.masks, atol=0, rtol=0)  # the mask does not change
     assert (result.layer_masks is not None) == explainer.has_layer_maps
     assert (result.layer_head_masks is not None) == explainer.has_layer_head_maps
@@ -71,7 +72,8 @@ def test_every_method_takes_per_layer_and_says_whether_it_has_block_maps(name, f
         assert result.layer_blocks == sorted(result.layer_blocks) and len(result.layer_blocks) == layers.shape[1]
         assert torch.isfinite(layers).all() and layers.min() >= 0 and layers.max() <= 1 + 1e-6
         for i in range(len(X)):  # a batch gives what its images give one by one
-            single = explainer.explain(X[i:i + 1], None if category is None else category[i], per_layer=True)
+            single = explainer.explain(X[i:i + 1], None if category is None else category[i], per_layer=True,
+                                       target=target)
             torch.testing.assert_close(layers[i], single.layer_masks[0], atol=1e-5, rtol=0)
 
 
