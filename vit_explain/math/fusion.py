@@ -35,23 +35,34 @@ def fuse_heads(attention: torch.Tensor, head_fusion: str) -> torch.Tensor:
     return attention.amin(dim=1)
 
 
-def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:
+def discard_lowest(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True,
+                   in_place: bool = False) -> torch.Tensor:
     """Zero the int(N*N*discard_ratio) smallest entries of every sample's (N, N) map.
 
     Entries tied with the last one discarded go with it (ties of equal positive attention are
     otherwise broken arbitrarily; ties at zero change nothing). With protect_first the flat
     index 0 (the class token's attention to itself) is kept even when it is among the smallest,
-    as the original rollout did.
+    as the original rollout did. in_place: zero the entries of `fused` itself (a contiguous map
+    the caller owns, e.g. a fresh head fusion) instead of a copy; the same values either way.
     """
     batch, n, _ = fused.shape
     count = int(n * n * discard_ratio)
     if count == 0:
         return fused
-    flat = fused.reshape(batch, n * n)
-    keep = flat > kth_smallest(flat, count)
+    if not (in_place and fused.is_contiguous()):
+        fused = fused.clone(memory_format=torch.contiguous_format)
+    flat = fused.view(batch, n * n)
+    kth = kth_smallest(flat, count)
+    first = flat[:, 0].clone() if protect_first else None
+    if flat.device.type == "cpu":
+        # one pass per sample, no mask: x stays where x > kth, 0 elsewhere (NaN too)
+        for row, threshold in enumerate(kth[:, 0].tolist()):
+            torch.nn.functional.threshold_(flat[row], threshold, 0.0)
+    else:  # one batched op, no per-sample host sync
+        flat.masked_fill_(~(flat > kth.to(flat.device)), 0)
     if protect_first:
-        keep[:, 0] = True
-    return torch.where(keep, flat, torch.zeros((), dtype=flat.dtype, device=flat.device)).reshape(batch, n, n)
+        flat[:, 0] = first
+    return fused
 
 
 def compat_discard(fused: torch.Tensor, discard_ratio: float, protect_first: bool = True) -> torch.Tensor:

@@ -34,8 +34,11 @@ def rollout_block(attention: torch.Tensor, head_fusion: str = "mean", discard_ra
     compat discards as the original vit-explain did (compat_discard: exactly topk's picks, so a
     tie at the cut is broken as topk breaks it) instead of by discard_lowest's documented rule.
     """
-    discard = compat_discard if compat else discard_lowest
-    return discard(fuse_heads(attention, head_fusion), discard_ratio)
+    fused = fuse_heads(attention, head_fusion)
+    if compat:
+        return compat_discard(fused, discard_ratio)
+    # the fusion is a fresh map of ours (every fusion reduces over the heads): discard in it
+    return discard_lowest(fused, discard_ratio, in_place=True)
 
 
 def push_through_blocks(blocks: Sequence[torch.Tensor], readout: torch.Tensor,
@@ -77,7 +80,7 @@ def gradient_rollout_blocks(attentions: Sequence[torch.Tensor], gradients: Seque
                             head_fusion: str = "mean", discard_ratio: float = 0.0) -> list[torch.Tensor]:
     """F' of every block for gradient rollout: A * dL/dA, heads fused, negatives clamped, the
     weakest entries discarded; (B, N, N) each."""
-    return [discard_lowest(fuse_heads(a * g, head_fusion).clamp(min=0), discard_ratio)
+    return [discard_lowest(fuse_heads(a * g, head_fusion).clamp_(min=0), discard_ratio, in_place=True)
             for a, g in zip(attentions, gradients, strict=True)]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 SAMPLE_SIZE = 1024
+BRACKET_SD = 3  # 4 missed none of deit's maps either, but gathered a third more entries
 
 
 def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
@@ -27,26 +28,25 @@ def kth_smallest(flat: torch.Tensor, k: int) -> torch.Tensor:
     count = sample.shape[1]
     quantile = (k - 0.5) / size
     rank = int(quantile * count)  # where the k-th value should fall in the sample
-    # half-width: 4 standard deviations of that sample rank, so a miss is rare
-    bracket = int(4 * (count * quantile * (1 - quantile)) ** 0.5) + 2
-    lo = sample[:, max(rank - bracket, 0)][:, None]
-    hi = sample[:, min(rank + bracket, count - 1)][:, None]
-    below = _count(values < lo)  # entries certainly under the k-th
-    inside = (values >= lo) & (values <= hi)
-    up_to_hi = below + _count(inside)
-    candidates = np.split(np.compress(inside.ravel(), values.ravel()), np.cumsum(up_to_hi - below)[:-1])
+    # half-width: BRACKET_SD standard deviations of that sample rank, so a miss is rare
+    bracket = int(BRACKET_SD * (count * quantile * (1 - quantile)) ** 0.5) + 2
+    lows = sample[:, max(rank - bracket, 0)]
+    highs = sample[:, min(rank + bracket, count - 1)]
     result = np.empty((rows, 1), dtype=values.dtype)
-    for row in range(rows):
-        if not below[row] < k <= up_to_hi[row]:  # the bracket missed: select from the whole row
-            result[row, 0] = np.partition(values[row], k - 1)[k - 1]
-        elif lo[row, 0] == hi[row, 0]:  # e.g. a run of zeros: the k-th value is that value
-            result[row, 0] = lo[row, 0]
+    for row, (v, lo, hi) in enumerate(zip(values, lows, highs)):
+        # Row by row, in place: two comparisons, one count and one gather of the few entries
+        # inside [lo, hi] (a gather's cost grows with what it keeps), no row-sized temporaries
+        # beyond one mask.
+        inside = v <= hi  # NaN (sorted last) is neither inside nor below
+        up_to_hi = np.count_nonzero(inside)
+        inside &= v >= lo
+        candidates = v[inside]
+        below = up_to_hi - candidates.size  # entries certainly under the k-th
+        if not below < k <= below + candidates.size:  # the bracket missed: select from the whole row
+            result[row, 0] = np.partition(v, k - 1)[k - 1]
+        elif lo == hi:  # e.g. a run of zeros: the k-th value is that value
+            result[row, 0] = lo
         else:
-            rank_inside = k - 1 - below[row]
-            result[row, 0] = np.partition(candidates[row], rank_inside)[rank_inside]
+            rank_inside = k - 1 - below
+            result[row, 0] = np.partition(candidates, rank_inside)[rank_inside]
     return torch.from_numpy(result)
-
-
-def _count(mask: np.ndarray) -> np.ndarray:
-    """True entries per row (summing the bytes is several times faster than a bool sum)."""
-    return mask.view(np.int8).sum(axis=1, dtype=np.int64)

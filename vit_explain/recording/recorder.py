@@ -24,9 +24,11 @@ class AttentionRecorder(RecordingSession):
     """
 
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER,
-                 gradients: bool = False, reduce=None, call=None):
+                 gradients: bool = False, reduce=None, call=None, modules=None):
         super().__init__(model, gradients=gradients, reduce=reduce, call=call)
-        self.modules = find_attention_modules(model, attention_layer_name)
+        # modules: find_attention_modules(model, attention_layer_name) found earlier (an adapter
+        # keeps them: searching the module tree on every call costs more than the hooks)
+        self.modules = find_attention_modules(model, attention_layer_name) if modules is None else modules
         self.attentions: list[torch.Tensor] = []
 
     def install(self) -> None:

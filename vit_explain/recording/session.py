@@ -30,7 +30,8 @@ class ModelState:
 
     def save(self) -> None:
         self._training = {m: m.training for m in self.model.modules()}
-        self.model.eval()
+        if any(self._training.values()):  # eval() visits every module: only when one is training
+            self.model.eval()
         if self.freeze:
             # Only activation gradients are needed: frozen weights save backward time.
             self._requires_grad = {p: p.requires_grad for p in self.model.parameters()}
@@ -41,7 +42,8 @@ class ModelState:
         for p, flag in self._requires_grad.items():
             p.requires_grad_(flag)
         for module, flag in self._training.items():
-            module.training = flag
+            if module.training != flag:  # nn.Module's __setattr__ is slow: set only what changed
+                module.training = flag
         self._training, self._requires_grad = {}, {}
 
 

@@ -130,6 +130,7 @@ class TimmAdapter(Adapter):
     def __init__(self, model: nn.Module, attention_layer_name: str = DEFAULT_ATTENTION_LAYER):
         super().__init__(model)
         self.attention_layer_name = attention_layer_name
+        self._receivers = None
 
     @classmethod
     def matches(cls, model: nn.Module, attention_layer_name: str) -> bool:
@@ -157,13 +158,20 @@ class TimmAdapter(Adapter):
             return LatentPoolAttentionRecorder(self.model, self.model.attn_pool, self.attention_layer_name,
                                                gradients=gradients, reduce=reduce, call=self.logits)
         return AttentionRecorder(self.model, self.attention_layer_name, gradients=gradients, reduce=reduce,
-                                 call=self.logits)
+                                 call=self.logits, modules=self.attention_receivers())
+
+    def attention_receivers(self) -> list:
+        """find_attention_modules(model, attention_layer_name), searched once per adapter (that
+        is, per explainer): an explainer sees the blocks its model had when it first ran."""
+        if self._receivers is None:
+            self._receivers = find_attention_modules(self.model, self.attention_layer_name)
+        return self._receivers
 
     def layout(self, image_hw, num_tokens) -> TokenLayout:
         return token_layout(self.model, image_hw, num_tokens)
 
     def block_count(self) -> int:
-        return len(find_attention_modules(self.model, self.attention_layer_name))
+        return len(self.attention_receivers())
 
     def check_attention(self) -> None:
         find_attention_modules(self.model, self.attention_layer_name)
