@@ -14,13 +14,18 @@ EXAMPLES = Path(__file__).parent.parent / "examples"
 IMAGES = sorted((EXAMPLES / "images").glob("*.png"))
 
 
-@pytest.fixture(scope="module")
-def demo():
+def load_demo():
+    """The shipped demo model, its 12 samples preprocessed (12, 3, H, W), their object masks."""
     model = load_model(f"local-dir:{EXAMPLES / 'demo-vit'}")
     preprocess = Preprocessor(model)
     x = torch.stack([preprocess(Image.open(path).convert("RGB")) for path in IMAGES])
     objects = [np.asarray(Image.open(EXAMPLES / "masks" / path.name)) > 127 for path in IMAGES]
     return model, x, objects
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return load_demo()
 
 
 def peaks_on_object(mask: np.ndarray, obj: np.ndarray) -> bool:

@@ -176,12 +176,8 @@ def test_deit_tiny_one_image(deit_tiny_qkv4):
 @pytest.fixture(scope="module")
 def demo_attentions():
     """The shipped demo model (trained) on its 12 samples, with each sample's object mask."""
-    from tests.test_demo import EXAMPLES, IMAGES, Image, Preprocessor, load_model
-    model = load_model(f"local-dir:{EXAMPLES / 'demo-vit'}")
-    preprocess = Preprocessor(model)
-    x = torch.stack([preprocess(Image.open(path).convert("RGB")) for path in IMAGES])
-    objects = [np.asarray(Image.open(EXAMPLES / "masks" / path.name)) > 127 for path in IMAGES]
-    return model, x, objects
+    from tests.test_demo import load_demo
+    return load_demo()
 
 
 def test_trained_flow_saturates_at_the_source_s_capacity(demo_attentions):

@@ -5,21 +5,19 @@ Both are in SINKS (sinks.py), and the method table's cp-lrp line names them in i
 `extra_outputs`: they are written by default for cp-lrp, and asking for them with a method
 without signed relevance is a usage error (exit 2). The run loop fills each image's
 `ExplainedImage.pixel_relevance` from `Explanation.pixel_relevance` (float32 (H, W) at the
-model's input size, the part of the image `box` names). This module does not import sinks.py
-(which imports it): these are sinks by protocol, not by subclassing `FileSink`.
+model's input size, the part of the image `box` names).
 
-Both are file sinks with FileSink's protocol (sinks.py): `done(base, entry)` (the file is there,
-no link, of the size the manifest recorded), `write(item)` (recording the file in `item.outputs`
-and its size in `item.output_bytes`; OSError when it cannot, including an item without signed
+Both are `FileSink`s (file_sink.py): `done(base, entry)` (the file is there, no link, of the size
+the manifest recorded), `write(item)` (OSError when it cannot, including an item without signed
 relevance), `close()`.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 
-from .outputs import make_output_folder, write_npy, write_png
+from .file_sink import FileSink
+from .outputs import write_npy, write_png
 from .overlay import overlay_signed
 
 
@@ -34,41 +32,13 @@ def signed_relevance(item) -> np.ndarray:
     return relevance
 
 
-class SignedFileSink:
-    """One file per image, base + ending; the protocol of sinks.FileSink."""
-
-    name = ""
-    ending = ""
-
-    def __init__(self, options):
-        self.options = options
+class SignedFileSink(FileSink):
+    """One file per image, base + ending, for methods with signed relevance only."""
 
     @staticmethod
     def applies(explainer) -> bool:
         """Whether the explainer gives signed relevance (`signed = True`, as VITCPLRP)."""
         return bool(getattr(explainer, "signed", False))
-
-    def path(self, base: Path) -> Path:
-        return base.with_name(base.name + self.ending)
-
-    def done(self, base: Path, entry: dict | None) -> bool:
-        if entry is None:
-            return False
-        path, size = self.path(base), entry.get("output_bytes", {}).get(self.name)
-        return path.is_file() and not path.is_symlink() and path.stat().st_size == size
-
-    def write(self, item) -> None:
-        path = self.path(item.base)
-        make_output_folder(Path(self.options.output_dir), path.parent)
-        self.save(path, item)
-        item.outputs[self.name] = str(path)
-        item.output_bytes[self.name] = path.stat().st_size
-
-    def save(self, path: Path, item) -> None:
-        raise NotImplementedError
-
-    def close(self) -> None:
-        pass
 
 
 class RelevanceSink(SignedFileSink):
