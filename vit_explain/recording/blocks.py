@@ -22,26 +22,11 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
+from .around import AroundAttention, cut_inputs, tensor_of
 from .session import RecordingSession
 
 
-def _tokens(output):
-    """A block's output tokens: the tensor itself, or the first item of a tuple (older transformers)."""
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _fresh_leaf(args: tuple, kwargs: dict):
-    """The block's inputs with its first tensor (the tokens) replaced by a fresh leaf of the same values."""
-    args, kwargs = list(args), dict(kwargs)
-    for container, keys in ((args, range(len(args))), (kwargs, list(kwargs))):
-        for key in keys:
-            if torch.is_tensor(container[key]):
-                container[key] = container[key].detach().requires_grad_(True)
-                return tuple(args), kwargs
-    return None
-
-
-class BlockScoreRecorder(RecordingSession):
+class BlockScoreRecorder(AroundAttention):
     """Context manager around an attention recorder (`attention`, a RecordingSession with
     `.attentions` and `.run`):
 
@@ -59,57 +44,41 @@ class BlockScoreRecorder(RecordingSession):
 
     def __init__(self, attention: RecordingSession, blocks: Sequence[nn.Module], chosen: Sequence[int],
                  score: Callable[[torch.Tensor], torch.Tensor]):
-        super().__init__(attention.model, gradients=True, call=attention.run)
         if not attention.gradients:
             raise ValueError("BlockScoreRecorder needs an attention recorder made with gradients=True")
-        self.attention = attention
+        super().__init__(attention, gradients=True)
         self.blocks = list(blocks)
         self.chosen = list(chosen)
         self.score = score
         self._scores: dict[int, torch.Tensor] = {}
         self._calls = [0] * len(self.blocks)
-        self._entered = False  # whether the attention recorder is entered (and must be left)
 
-    def install(self) -> None:
+    def install_own(self) -> None:
         # the block hooks first, so that a recorder snapshotting hooks (Hugging Face's) sees them
         for index, block in enumerate(self.blocks):
             self._handles.append(block.register_forward_pre_hook(partial(self._cut, index), with_kwargs=True))
         for index in self.chosen:
             self._handles.append(self.blocks[index].register_forward_hook(partial(self._score, index)))
-        self.attention.__enter__()
-        self._entered = True
 
     def _cut(self, index, module, args, kwargs):
         self._calls[index] += 1
-        return _fresh_leaf(args, kwargs)
+        return cut_inputs(module, args, kwargs)
 
     def _score(self, index, module, args, output) -> None:
-        self._scores[index] = self.score(_tokens(output))
+        self._scores[index] = self.score(tensor_of(output))
 
     def reset(self) -> None:
-        self.attention.reset()
+        super().reset()
         self._scores, self._calls = {}, [0] * len(self.blocks)
 
     def check_recorded(self) -> None:
-        self.attention.check_recorded()
+        super().check_recorded()
         if any(calls != 1 for calls in self._calls):
             raise RuntimeError(f"the blocks of {type(self.model).__name__} ran {self._calls} times in one "
                                "forward pass; LeGrad needs every block to run once")
         if len(self.attention.attentions) != len(self.blocks):
             raise RuntimeError(f"{type(self.model).__name__} recorded {len(self.attention.attentions)} attentions "
                                f"for {len(self.blocks)} blocks; LeGrad needs one per block")
-
-    def _restore(self) -> None:
-        try:
-            if self._entered:
-                self._entered = False
-                self.attention.__exit__(None, None, None)
-        finally:
-            super()._restore()
-
-    @property
-    def attentions(self) -> list[torch.Tensor]:
-        return self.attention.attentions
 
     @property
     def scores(self) -> list[torch.Tensor]:

@@ -23,6 +23,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .around import AroundAttention, cut_inputs, first_tensor, tensor_of
 from .session import RecordingSession
 
 WHERE = ("input", "output")
@@ -39,29 +40,7 @@ class Tap:
             raise ValueError(f"where must be one of {', '.join(WHERE)}; got {self.where!r}")
 
 
-def _first_tensor(args: tuple, kwargs: dict):
-    for value in (*args, *kwargs.values()):
-        if torch.is_tensor(value):
-            return value
-    return None
-
-
-def _tensor_of(output):
-    return output[0] if isinstance(output, (tuple, list)) else output
-
-
-def _cut(module, args, kwargs):
-    """The module's inputs with its token tensor (every argument that is that tensor) replaced by
-    one fresh leaf of the same values."""
-    tokens = _first_tensor(args, kwargs)
-    if tokens is None:
-        return None
-    leaf = tokens.detach().requires_grad_(True)
-    swap = lambda value: leaf if value is tokens else value  # noqa: E731
-    return tuple(swap(a) for a in args), {key: swap(value) for key, value in kwargs.items()}
-
-
-class TapRecorder(RecordingSession):
+class TapRecorder(AroundAttention):
     """Context manager around an attention recorder (`attention`, a RecordingSession with
     `.attentions`, `.run` and `.attention_gradients`):
 
@@ -76,53 +55,37 @@ class TapRecorder(RecordingSession):
 
     def __init__(self, attention: RecordingSession, taps: Mapping[str, Sequence[Tap]],
                  cut: Sequence[nn.Module] = ()):
-        super().__init__(attention.model, gradients=attention.gradients, call=attention.run)
-        self.attention = attention
+        super().__init__(attention, gradients=attention.gradients)
         self.taps = {name: list(items) for name, items in taps.items()}
         self.cut = list(cut)
         self.tapped: dict[str, list] = {}
         self._calls: dict[str, list[int]] = {}
-        self._entered = False  # whether the attention recorder is entered (and must be left)
 
-    def install(self) -> None:
+    def install_own(self) -> None:
         for module in self.cut:
-            self._handles.append(module.register_forward_pre_hook(_cut, with_kwargs=True))
+            self._handles.append(module.register_forward_pre_hook(cut_inputs, with_kwargs=True))
         for name, items in self.taps.items():
             for index, tap in enumerate(items):
                 hook = partial(self._record, name, index, tap)
                 self._handles.append(tap.module.register_forward_hook(hook, with_kwargs=True))
-        self.attention.__enter__()
-        self._entered = True
 
     def _record(self, name, index, tap, module, args, kwargs, output) -> None:
         # a forward hook sees the arguments after the pre-hooks (a cut input is the leaf)
-        tensor = _first_tensor(args, kwargs) if tap.where == "input" else _tensor_of(output)
+        tensor = first_tensor(args, kwargs) if tap.where == "input" else tensor_of(output)
         self._calls[name][index] += 1
         self.tapped[name][index] = tensor if tap.read is None else tap.read(tensor)
 
     def reset(self) -> None:
-        self.attention.reset()
+        super().reset()
         self.tapped = {name: [None] * len(items) for name, items in self.taps.items()}
         self._calls = {name: [0] * len(items) for name, items in self.taps.items()}
 
     def check_recorded(self) -> None:
-        self.attention.check_recorded()
+        super().check_recorded()
         for name, calls in self._calls.items():
             if any(count != 1 for count in calls):
                 raise RuntimeError(f"the modules recorded as {name!r} of {type(self.model).__name__} ran {calls} "
                                    "times in one forward pass; each must run once")
-
-    def _restore(self) -> None:
-        try:
-            if self._entered:
-                self._entered = False
-                self.attention.__exit__(None, None, None)
-        finally:
-            super()._restore()
-
-    @property
-    def attentions(self) -> list[torch.Tensor]:
-        return self.attention.attentions
 
     def attention_gradients(self, logits: torch.Tensor, targets) -> list[torch.Tensor]:
         return self.attention.attention_gradients(logits, targets)
