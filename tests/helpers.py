@@ -1,4 +1,5 @@
 """Plain helper functions shared by the test modules (fixtures live in conftest.py)."""
+import contextlib
 import copy
 
 import pytest
@@ -93,3 +94,22 @@ def error_lines(err):
 
 def tiny(model_dir):
     return ["--model", f"local-dir:{model_dir}", "--quiet"]
+
+
+@contextlib.contextmanager
+def counting_runs(model, monkeypatch):
+    """Inside the block, count the model's forward calls ("forward") and torch.autograd.grad's
+    calls (their keyword arguments, in "grads")."""
+    calls = {"forward": 0, "grads": []}
+    handle = model.register_forward_pre_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
+    real_grad = torch.autograd.grad
+
+    def counting_grad(*args, **kwargs):
+        calls["grads"].append(kwargs)
+        return real_grad(*args, **kwargs)
+    try:
+        with monkeypatch.context() as patch:
+            patch.setattr(torch.autograd, "grad", counting_grad)
+            yield calls
+    finally:
+        handle.remove()

@@ -3,7 +3,7 @@ bit for bit those of each method alone, and the model runs once per batch."""
 import pytest
 import torch
 
-from tests.helpers import assert_state_equal, model_state
+from tests.helpers import assert_state_equal, counting_runs, model_state
 from vit_explain.cli.options import Options
 from vit_explain.methods.adapters import TimmAdapter
 from vit_explain.methods.sharing import share_recordings, sharing_key
@@ -16,29 +16,20 @@ def built(model, names, **options):
     return [METHODS[name].build(model, Options(head_fusion="max", discard_ratio=0.5, **options)) for name in names]
 
 
-class ForwardCounter:
-    def __init__(self, model):
-        self.calls = 0
-        self.handle = model.register_forward_hook(lambda *_: setattr(self, "calls", self.calls + 1))
-
-
 @pytest.mark.parametrize("names, category", [
     (["rollout", "raw-attention", "flow"], None),
     (["grad-rollout", "chefer", "gradsam"], [1, 0, 3]),
 ])
-def test_shared_masks_equal_each_method_alone(names, category):
+def test_shared_masks_equal_each_method_alone(names, category, monkeypatch):
     model = TimmAdapter.example()
     alone = [e.explain(X, category, per_layer=True) for e in built(model, names)]
     explainers = built(model, names)
     groups = share_recordings(explainers)
     assert len(groups) == 1
     before = model_state(model)
-    counter = ForwardCounter(model)
-    try:
+    with counting_runs(model, monkeypatch) as calls:
         shared = [e.explain(X, category, per_layer=True) for e in explainers]
-    finally:
-        counter.handle.remove()
-    assert counter.calls == 1 and groups[0].runs == 1
+    assert calls["forward"] == 1 and groups[0].runs == 1
     for one, other in zip(alone, shared):
         assert torch.equal(one.masks, other.masks) and torch.equal(one.targets, other.targets)
         for field in ("head_masks", "layer_masks"):

@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.helpers import counting_runs
 from tests.literal_vit import literal_forward, timm_twin_of_hf
 from vit_explain import VITTokenTM
 from vit_explain.methods.adapters import CaitAdapter, HuggingFaceViTAdapter, SwinAdapter
@@ -56,16 +57,9 @@ def test_a_hugging_face_vit_gives_its_timm_twins_map():
 
 
 def test_one_forward_and_one_backward(deit_tiny_qkv4, monkeypatch):
-    calls = {"forward": 0, "grad": 0}
-    handle = deit_tiny_qkv4.register_forward_pre_hook(lambda *_: calls.__setitem__("forward", calls["forward"] + 1))
-    real_grad = torch.autograd.grad
-    monkeypatch.setattr(torch.autograd, "grad", lambda *a, **k: (calls.__setitem__("grad", calls["grad"] + 1),
-                                                                  real_grad(*a, **k))[1])
-    try:
+    with counting_runs(deit_tiny_qkv4, monkeypatch) as calls:
         VITTokenTM(deit_tiny_qkv4).explain(X, 3)
-    finally:
-        handle.remove()
-    assert calls == {"forward": 1, "grad": 1}
+    assert calls["forward"] == 1 and len(calls["grads"]) == 1
 
 
 @pytest.mark.parametrize("family", [CaitAdapter, SwinAdapter])
