@@ -11,6 +11,7 @@ colour class needs evidence from the object itself.
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -19,22 +20,13 @@ import numpy as np
 import timm
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+from localisation_data import clutter  # noqa: E402  (the one clutter generator, shared with the benchmark)
+
 CLASSES = ["red", "green", "blue", "yellow", "none"]
 COLOURS = {"red": (220, 40, 40), "green": (40, 190, 50), "blue": (40, 70, 225), "yellow": (230, 205, 30)}
 MODEL_ARGS = {"img_size": 64, "patch_size": 8, "embed_dim": 96, "depth": 4, "num_heads": 3, "num_classes": 5}
 MEAN = STD = (0.5, 0.5, 0.5)
-
-
-def clutter(rng: np.random.Generator, side: int) -> np.ndarray:
-    """Grey, uninformative background: smooth noise, grain and random grey strokes."""
-    coarse = rng.uniform(60, 200, (side // 8 + 1, side // 8 + 1)).astype(np.float32)
-    image = cv2.resize(coarse, (side, side), interpolation=cv2.INTER_CUBIC)
-    image += rng.normal(0, 12, (side, side))
-    for _ in range(rng.integers(3, 8)):
-        p1, p2 = rng.integers(0, side, 2), rng.integers(0, side, 2)
-        cv2.line(image, tuple(int(v) for v in p1), tuple(int(v) for v in p2), float(rng.uniform(40, 220)),
-                 int(rng.integers(1, max(2, side // 32))))
-    return np.repeat(np.clip(image, 0, 255)[:, :, None], 3, axis=2).astype(np.uint8)
 
 
 def draw_object(rng: np.random.Generator, image: np.ndarray, colour) -> np.ndarray:
