@@ -71,6 +71,11 @@ def flow_capacities(attentions: Sequence[torch.Tensor], sample: int) -> np.ndarr
 TIE_BREAKS = ("rollout", "none")
 
 
+def check_tie_break(tie_break: str) -> None:
+    if tie_break not in TIE_BREAKS:
+        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
+
+
 def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
                    scale: float = DEFAULT_SCALE, method: str = "dinic", tie_break: str = "none") -> torch.Tensor:
     """Attention flow relevance of every input token, normalised to sum 1: (B, N) float64.
@@ -83,8 +88,7 @@ def attention_flow(attentions: Sequence[torch.Tensor], readout: torch.Tensor,
     tie_break:  "none": the max flows as they are; "rollout": tokens whose flows tie (see
                 `break_ties`) ordered by their path-product relevance in the same graph.
     """
-    if tie_break not in TIE_BREAKS:
-        raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
+    check_tie_break(tie_break)
     batch, _, n, _ = attentions[0].shape
     weights = _float64(readout).reshape(readout.shape[0], -1)
     if weights.shape != (batch, n):

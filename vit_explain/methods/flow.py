@@ -1,7 +1,7 @@
 """Attention flow (Abnar & Zuidema, 2020): the max flow through the attention graph to each patch."""
 from __future__ import annotations
 
-from ..math.flow import DEFAULT_SCALE, TIE_BREAKS, attention_flow
+from ..math.flow import DEFAULT_SCALE, attention_flow, check_tie_break
 from ..recording import DEFAULT_ATTENTION_LAYER
 from .base import AttentionExplainer, readout_for
 
@@ -30,8 +30,7 @@ class VITAttentionFlow(AttentionExplainer):
     scale = DEFAULT_SCALE
 
     def __init__(self, model, attention_layer_name=DEFAULT_ATTENTION_LAYER, compat=None, tie_break="rollout"):
-        if tie_break not in TIE_BREAKS:
-            raise ValueError(f"tie_break must be one of {', '.join(TIE_BREAKS)}; got {tie_break!r}")
+        check_tie_break(tie_break)
         self.tie_break = tie_break
         if compat is not None:
             raise ValueError(f"compat applies to rollout only; attention flow has no compat mode (got {compat!r})")
