@@ -6,6 +6,13 @@ import time
 
 import torch
 
+from vit_explain.io.allocator import keep_freed_memory
+
+# Decided once, before anything is timed, for the baseline and vit-explain alike (the command
+# would otherwise tune the allocator in the middle of an interleaved run); VIT_EXPLAIN_MALLOC=system
+# measures both with glibc's defaults.
+ALLOCATOR = "freed memory kept (io/allocator.py)" if keep_freed_memory() else "system defaults"
+
 
 def check_device(parser, device: str) -> None:
     """A --device cuda run on a machine without CUDA stops with one line, not a traceback."""
@@ -17,7 +24,8 @@ def machine() -> str:
     load = open("/proc/loadavg").read().split()[:3] if os.path.exists("/proc/loadavg") else ["?"]
     gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ", no GPU"
     return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cpus{gpu}, torch threads "
-            f"{torch.get_num_threads()}, torch {torch.__version__}, load average {' '.join(load)}")
+            f"{torch.get_num_threads()}, torch {torch.__version__}, allocator {ALLOCATOR}, "
+            f"load average {' '.join(load)}")
 
 
 def timed(fn) -> float:

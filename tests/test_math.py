@@ -87,8 +87,8 @@ def test_fuse_heads_rejects_unknown_fusion():
 
 
 def selection_cases():
-    """Rows a strided-sample selection could get wrong: attention-like, runs of zeros, ties,
-    sorted, and rows whose sampled entries are unlike the rest (the sample's bracket misses)."""
+    """Rows a selection could get wrong: attention-like, runs of zeros, ties, sorted, rows whose
+    every ninth entry is unlike the rest, float64, short rows."""
     g = torch.Generator().manual_seed(0)
     attention = (torch.randn(4, 3, 97, 97, generator=g) * 3).softmax(-1)
     clamped = (attention * torch.randn(4, 3, 97, 97, generator=g)).mean(1).clamp(min=0).flatten(1)

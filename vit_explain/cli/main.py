@@ -11,6 +11,7 @@ from pathlib import Path
 import click
 
 from .._version import __version__
+from ..io.allocator import keep_freed_memory
 from ..io.messages import one_line, shown
 from ..io.overlay import COLORMAPS
 from ..io.sinks import DEFAULT_SINKS, OUTPUT_NAMES
@@ -211,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     elif argv[:1] == ["report"]:
         from .report import report
         command, name, argv = report, "vit-explain report", argv[1:]
+    # this process is a run of the tool: let each batch reuse the pages the last one freed
+    keep_freed_memory()
     try:
         code = command.main(args=argv, prog_name=name, standalone_mode=False, obj={"argv": ["vit-explain", *argv]})
     except click.exceptions.UsageError as error:

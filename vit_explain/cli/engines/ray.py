@@ -31,6 +31,7 @@ import ray.data
 from ray.data import ActorPoolStrategy
 from ray.data.datasource import FilenameProvider
 
+from ...io.allocator import keep_freed_memory
 from ...io.inputs import is_uri
 from ...io.messages import shown
 from ...io.models import ModelLoadError, load_model
@@ -75,6 +76,7 @@ class RayWorker:
     {path, bytes} in, a table of rows out."""
 
     def __init__(self, options: Options, stems: dict | None, scheme: str | None, identity: dict):
+        keep_freed_memory()  # the actor's process is ours, as the command's is
         model = load_model(options.model, options.hub, options.checkpoint, actor_device(options))
         self.explaining = Explaining(options, model, run=options.run_id, identity=identity)
         self.explaining.stems = {key: Path(stem) for key, stem in (stems or {}).items()}
