@@ -1,6 +1,7 @@
 """Folder mode: throughput against plain timm inference, and peak memory against folder size.
 
-1. images/s of `vit-explain --image_path FOLDER` (rollout, overlays and masks written) divided by
+1. images/s of `vit-explain --image_path FOLDER` (rollout, overlays and masks written, or what
+   --outputs names) divided by
    images/s of plain inference (the same DataLoader, decoding and preprocessing, fused forward
    under no_grad, nothing written) — target >= 0.8 for rollout.
 2. peak resident memory of the vit-explain process for folders of 100 and 1000 small images
@@ -60,13 +61,15 @@ def plain_inference(model_dir: Path, folder: Path, batch_size: int, workers: int
     return len(images) / (time.perf_counter() - start)
 
 
-def explain_folder(model_dir: Path, folder: Path, out: Path, batch_size: int, workers: int, device: str) -> float:
+def explain_folder(model_dir: Path, folder: Path, out: Path, batch_size: int, workers: int, device: str,
+                   outputs: str = "overlay,mask") -> float:
     from vit_explain.cli.main import main
     count = len(list(folder.iterdir()))
     start = time.perf_counter()
     try:
         main(["--image_path", str(folder), "--model", f"local-dir:{model_dir}", "--output-dir", str(out),
-              "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--quiet", "--overwrite"])
+              "--batch-size", str(batch_size), "--workers", str(workers), "--device", device, "--outputs", outputs,
+              "--quiet", "--overwrite"])
     except SystemExit as exit_info:
         assert exit_info.code == 0, exit_info.code
     return count / (time.perf_counter() - start)
@@ -88,6 +91,8 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", default="deit_tiny_patch16_224")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--outputs", default="overlay,mask",
+                        help="what vit-explain writes per image (overlay-jpg,mask: JPEG overlays)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (the GPU run: --device cuda "
                         "--model deit_base_patch16_224 --batch-size 64 --workers 8 --images 1024)")
     args = parser.parse_args()
@@ -102,11 +107,12 @@ def main():
         ratios = []
         for _ in range(args.repeats):  # interleaved
             plain = plain_inference(model_dir, folder, args.batch_size, args.workers, args.device)
-            explained = explain_folder(model_dir, folder, tmp / "out", args.batch_size, args.workers, args.device)
+            explained = explain_folder(model_dir, folder, tmp / "out", args.batch_size, args.workers, args.device,
+                                       args.outputs)
             ratios.append(explained / plain)
             print(f"  plain {plain:.1f} img/s, vit-explain rollout {explained:.1f} img/s, ratio {ratios[-1]:.3f}")
         print(f"{args.model} on {args.device}: folder mode / plain inference, {args.images} images 320x320, "
-              f"batch {args.batch_size}, {args.workers} workers: median ratio {np.median(ratios):.3f} (target >= 0.8)")
+              f"batch {args.batch_size}, {args.workers} workers, --outputs {args.outputs}: median ratio {np.median(ratios):.3f} (target >= 0.8)")
         for count in () if args.skip_memory else (100, 1000):
             small = make_folder(tmp / f"small{count}", count, 96)
             print(f"peak memory, {count:4d} images: {peak_memory_mb(model_dir, small, tmp / f'out{count}'):.0f} MB")

@@ -81,6 +81,22 @@ def test_tokens_to_grid_drops_prefix_and_keeps_non_square_order():
         tokens_to_grid(relevance, 2, (3, 3))
 
 
+@pytest.mark.parametrize("heads", [1, 2, 3, 12])
+def test_fuse_heads_equals_torchs_reductions(heads):
+    g = torch.Generator().manual_seed(heads)
+    # heads not outermost in memory, as a permuted qkv can leave them
+    attention = torch.randn(2, 9, heads, 9, generator=g).softmax(-1).transpose(1, 2)
+    attention[0, 0, 0, 0] = float("nan")
+    for fusion, reduce in (("max", attention.amax), ("min", attention.amin)):
+        fused = fuse_heads(attention, fusion)
+        assert fused.is_contiguous() and torch.equal(fused.nan_to_num(-1), reduce(1).nan_to_num(-1))
+    mean = fuse_heads(attention, "mean")
+    assert mean.is_contiguous() and torch.isnan(mean[0, 0, 0])
+    torch.testing.assert_close(mean, attention.mean(1), atol=1e-7, rtol=0, equal_nan=True)
+    if heads == 3:  # the demo's and deit_tiny's heads: the same bits as mean()
+        assert torch.equal(mean.nan_to_num(-1), attention.mean(1).nan_to_num(-1))
+
+
 def test_fuse_heads_rejects_unknown_fusion():
     with pytest.raises(ValueError, match="mean, max, min"):
         fuse_heads(torch.rand(1, 2, 3, 3), "median")
