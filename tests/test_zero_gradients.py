@@ -15,19 +15,8 @@ from vit_explain.methods.table import METHODS
 X = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
 GRADIENT_METHODS = [name for name, spec in METHODS.items()
                     if issubclass(spec.load(), AttentionExplainer) and spec.load().needs_gradients]
-# per-block score methods: each block's gradient of its own score (no AttentionExplainer)
-BLOCK_SCORE_METHODS = ["legrad", "cola"]
-
-
-class ConstantHead(nn.Module):
-    """Scores that ignore the tokens."""
-
-    def __init__(self, classes: int):
-        super().__init__()
-        self.bias = nn.Parameter(torch.linspace(-1, 1, classes))
-
-    def forward(self, features):
-        return self.bias.expand(len(features), -1)
+# every method that explains a class reads the score's gradient (or relevance) somewhere
+CLASS_METHODS = [name for name, spec in METHODS.items() if spec.class_specific]
 
 
 def fused_output(attn, tokens, attn_mask=None, is_causal=False):
@@ -45,16 +34,30 @@ def test_the_gradient_methods_are_found():
     assert {"grad-rollout", "chefer", "gradsam", "agcam", "tokentm", "daam"} <= set(GRADIENT_METHODS)
 
 
-@pytest.mark.parametrize("name", GRADIENT_METHODS + BLOCK_SCORE_METHODS)
+def test_the_class_methods_are_found():
+    assert {"grad-rollout", "chefer", "grad-cam", "gradsam", "legrad", "agcam", "tokentm", "daam", "cola",
+            "cp-lrp"} <= set(CLASS_METHODS)
+
+
+@pytest.mark.parametrize("name", CLASS_METHODS)
 def test_a_score_that_ignores_the_tokens_is_refused(name):
     model = TimmAdapter.example()
-    model.head = ConstantHead(5)
+    with torch.no_grad():
+        model.head.weight.zero_()  # the logits are the head's bias, whatever the image
     explainer = METHODS[name].build(model, Options())
     before = model_state(model)
-    with pytest.raises(ValueError, match="no gradient of the explained score reaches the attention of "
-                                         "VisionTransformer.*samples 0, 1"):
+    with pytest.raises(ValueError, match=r"no (gradient|relevance) of the explained score reaches "
+                                         r"(the attention|the input|layer \S+) of VisionTransformer.*samples \[?0, 1"):
         explainer.explain(X, [1, 2])
     assert_state_equal(before, model_state(model))
+
+
+def test_grad_cam_names_its_layer():
+    model = TimmAdapter.example()
+    with torch.no_grad():
+        model.head.weight.zero_()
+    with pytest.raises(ValueError, match=r"reaches layer blocks\.1\.norm1 of VisionTransformer .*that layer's"):
+        METHODS["grad-cam"].build(model, Options()).explain(X, 1)
 
 
 @pytest.mark.parametrize("name", [name for name in GRADIENT_METHODS if name != "daam"])

@@ -340,20 +340,24 @@ def readout_for(attentions, layout: TokenLayout) -> torch.Tensor:
                         dtype=attentions[0].dtype, device=attentions[0].device)
 
 
-def check_gradients_flow(model: nn.Module, gradients) -> None:
-    """ValueError when, for some sample, every block's gradient is zero: its map would be all zero
-    without a word. (A NaN is not zero: non-finite gradients are not this case.)"""
+def check_gradients_flow(model: nn.Module, gradients, layer: str | None = None) -> None:
+    """ValueError when, for some sample, every gradient given is zero: its map would be all zero
+    without a word. (A NaN is not zero: non-finite gradients are not this case.) The gradients are
+    of every block's attention, or of the one `layer` named (Grad-CAM's target layer)."""
     if not gradients:
         return
     reached = torch.stack([(g != 0).flatten(1).any(dim=1) for g in gradients]).any(dim=0)
     if not bool(reached.all()):
         samples = (~reached).nonzero().flatten().tolist()
+        where, which = ((f"layer {layer} of", "that layer's") if layer is not None
+                        else ("the attention of", "every block's"))
+        changed = "its output was changed" if layer is not None else "the attention was changed"
         raise ValueError(
-            f"no gradient of the explained score reaches the attention of {type(model).__name__} "
-            f"(sample{'s' if len(samples) > 1 else ''} {', '.join(map(str, samples))} of the batch): every block's "
-            "gradient is zero, so the map would be all zero. Either the score does not depend on the attention "
-            "(the model's output ignores the tokens, or the explained target), or the attention was changed "
-            "(e.g. patched by another library) so that the recorded weights are not the ones the output is "
+            f"no gradient of the explained score reaches {where} {type(model).__name__} "
+            f"(sample{'s' if len(samples) > 1 else ''} {', '.join(map(str, samples))} of the batch): {which} "
+            "gradient is zero, so the map would be all zero. Either the score does not depend on it "
+            f"(the model's output ignores the tokens, or the explained target), or {changed} "
+            "(e.g. patched by another library) so that the recorded values are not the ones the output is "
             "computed from")
 
 

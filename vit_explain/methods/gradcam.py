@@ -7,7 +7,7 @@ from torch import nn
 from ..math import scale_to_max
 from ..math.gradcam import grad_cam
 from ..recording import find_module, resolve_targets
-from .base import Explainer, Explanation
+from .base import Explainer, Explanation, check_gradients_flow
 
 
 def is_channels_first(module: nn.Module) -> bool:
@@ -66,6 +66,7 @@ class VITGradCAM(Explainer):
             targets = resolve_targets(logits, category_index)
             gradient = rec.gradient(logits, targets).detach()
             activation = rec.activation.detach()
+        check_gradients_flow(self.model, [gradient], self.target_layer)  # no silent all-zero map
         image_hw = tuple(x.shape[-2:])
         with torch.no_grad():
             activation = feature_map(self.module, activation, image_hw, self.adapter.layout)
