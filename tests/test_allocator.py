@@ -47,7 +47,7 @@ def test_kept_memory_saves_the_page_faults_of_every_batch():
 @pytest.mark.parametrize("env", [{"VIT_EXPLAIN_MALLOC": "system"}, {"MALLOC_TRIM_THRESHOLD_": "131072"},
                                  {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=131072"}])
 def test_the_users_setting_wins(env):
-    code = "from vit_explain.io.allocator import keep_freed_memory; print(keep_freed_memory())"
+    code = "from vit_explain import keep_freed_memory; print(keep_freed_memory())"  # the documented name
     assert run(code, **env) == ["False"]
 
 

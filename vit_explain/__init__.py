@@ -4,8 +4,9 @@ from importlib import import_module
 from ._version import __version__
 from .methods.table import METHODS
 
-# Helpers beyond the method table, and the module each comes from (numpy, OpenCV and PIL only).
-_HELPERS = {"show_mask_on_image": ".io.figures"}
+# Helpers beyond the method table, and the module each comes from (numpy, OpenCV and PIL, or the
+# standard library, only).
+_HELPERS = {"show_mask_on_image": ".io.figures", "keep_freed_memory": ".io.allocator"}
 
 # Every explainer of the method table, what they return, and the helpers; imported on first use,
 # so that `vit-explain --help` and usage errors answer without importing torch.
