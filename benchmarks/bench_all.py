@@ -1,7 +1,7 @@
 """Every benchmark in one run, one after the other, each in a fresh process so that one's
 memory and threads do not slow the next.
 
-    python benchmarks/bench_all.py [--threads 2]      # about 7 minutes on a 2-core CPU
+    python benchmarks/bench_all.py [--threads 2]      # about 11 minutes on a 2-core CPU
 """
 import argparse
 import subprocess
@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-SCRIPTS = ["bench_core.py", "bench_evaluate.py", "bench_flow.py", "bench_folder.py", "bench_autocast.py"]
+SCRIPTS = ["bench_core.py", "bench_evaluate.py", "bench_flow.py", "bench_folder.py", "bench_engines.py", "bench_autocast.py"]
 
 
 def main():
