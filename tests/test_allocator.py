@@ -52,7 +52,7 @@ def test_the_users_setting_wins(env):
 
 
 def test_the_command_keeps_freed_memory():
-    code = ("import sys; from vit_explain.cli.main import main\n"
+    code = ("from vit_explain.cli.main import main\n"
             "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
             "from vit_explain.io import allocator; print(allocator._applied)")
     expected = str(platform.system() == "Linux" and platform.libc_ver()[0] == "glibc")

@@ -349,9 +349,8 @@ def check_gradients_flow(model: nn.Module, gradients, layer: str | None = None) 
     reached = torch.stack([(g != 0).flatten(1).any(dim=1) for g in gradients]).any(dim=0)
     if not bool(reached.all()):
         samples = (~reached).nonzero().flatten().tolist()
-        where, which = ((f"layer {layer} of", "that layer's") if layer is not None
-                        else ("the attention of", "every block's"))
-        changed = "its output was changed" if layer is not None else "the attention was changed"
+        where, which, changed = ((f"layer {layer} of", "that layer's", "its output was changed") if layer is not None
+                                 else ("the attention of", "every block's", "the attention was changed"))
         raise ValueError(
             f"no gradient of the explained score reaches {where} {type(model).__name__} "
             f"(sample{'s' if len(samples) > 1 else ''} {', '.join(map(str, samples))} of the batch): {which} "
